@@ -1,0 +1,1 @@
+"""The control plane: configuration, policy, run-context intake, loops, actuators, agent API."""

@@ -1,0 +1,195 @@
+"""Loading the configuration: a YAML file, then ``INFEROS_<PATH>`` environment overrides,
+then CLI flags, into one frozen value, all or nothing.
+
+Every key is declared in ``SCHEMA`` with its type and default. An unknown key, a wrong type
+or a bad value raises ``ConfigError`` naming the key (``upstream.idle_timeout_s``) and, for
+the YAML file, its line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from inferos.errors import ConfigError
+from inferos.proxy import settings as proxy_defaults
+from inferos.proxy.settings import HostPort, ProxySettings, normalize_upstream
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _positive_float_or_none(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        return None
+    number = float(value)
+    if number <= 0:
+        raise ValueError(f"expected a positive number of seconds, got {value!r}")
+    return number
+
+
+def _positive_float(value: Any) -> float:
+    number = _positive_float_or_none(value)
+    if number is None:
+        raise ValueError("a value is required")
+    return number
+
+
+_UNITS = {"": 1, "B": 1, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "KB": 1000, "MB": 1000**2,
+          "GB": 1000**3}
+
+
+def byte_size(value: Any) -> int:
+    """``64MiB``, ``4096 MiB``, ``1GB`` or a plain integer number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        text = str(value).strip().upper().replace(" ", "")
+        digits = text.rstrip("KMGIB")
+        unit = text[len(digits):]
+        if unit not in _UNITS or not digits:
+            raise ValueError(f"expected a size such as 64MiB, got {value!r}")
+        number = int(float(digits) * _UNITS[unit])
+    if number <= 0:
+        raise ValueError(f"expected a positive size, got {value!r}")
+    return number
+
+
+def _optional_upstream(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    return normalize_upstream(str(value))
+
+
+def _host_port(value: Any) -> HostPort:
+    return HostPort.parse(str(value))
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    parse: Callable[[Any], Any]
+    default: Any
+    env: tuple[str, ...] = ()  # extra environment names besides INFEROS_<PATH>
+
+
+SCHEMA: dict[str, Key] = {
+    "listen.proxy": Key(_host_port, HostPort.parse(proxy_defaults.DEFAULT_LISTEN),
+                        ("INFEROS_LISTEN",)),
+    "listen.admin": Key(_host_port, HostPort.parse(proxy_defaults.DEFAULT_ADMIN),
+                        ("INFEROS_ADMIN",)),
+    "upstream.url": Key(_optional_upstream, None, ("INFEROS_UPSTREAM",)),
+    "upstream.connect_timeout_s": Key(_positive_float, proxy_defaults.DEFAULT_CONNECT_TIMEOUT_S),
+    "upstream.idle_timeout_s": Key(_positive_float_or_none, proxy_defaults.DEFAULT_IDLE_TIMEOUT_S),
+    "upstream.total_timeout_s": Key(_positive_float_or_none, None),
+    "upstream.max_body_bytes": Key(byte_size, proxy_defaults.DEFAULT_MAX_BODY_BYTES),
+    "passthrough": Key(_bool, False),
+}
+# Sections owned by later parts of the control plane; accepted as mappings until then.
+OPEN_SECTIONS = ("infer_os", "engine", "profiles")
+
+
+def env_name(path: str) -> str:
+    return "INFEROS_" + path.upper().replace(".", "_")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    values: Mapping[str, Any]
+    sections: Mapping[str, Any]
+
+    def get(self, path: str) -> Any:
+        return self.values[path]
+
+    def proxy_settings(self, upstream: str) -> ProxySettings:
+        return ProxySettings(
+            upstream=upstream,
+            listen=self.values["listen.proxy"],
+            admin=self.values["listen.admin"],
+            passthrough=self.values["passthrough"],
+            connect_timeout_s=self.values["upstream.connect_timeout_s"],
+            idle_timeout_s=self.values["upstream.idle_timeout_s"],
+            total_timeout_s=self.values["upstream.total_timeout_s"],
+            max_body_bytes=self.values["upstream.max_body_bytes"],
+        )
+
+
+def _flatten(node: yaml.Node, prefix: str, out: dict[str, tuple[Any, int]],
+             sections: dict[str, Any]) -> None:
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError("expected a mapping", key=prefix or "(top level)",
+                          line=node.start_mark.line + 1)
+    for key_node, value_node in node.value:
+        path = f"{prefix}{key_node.value}"
+        line = key_node.start_mark.line + 1
+        if not prefix and key_node.value in OPEN_SECTIONS:
+            sections[key_node.value] = yaml.safe_load(yaml.serialize(value_node))
+        elif path in SCHEMA:
+            out[path] = (yaml.safe_load(yaml.serialize(value_node)), line)
+        elif any(k.startswith(path + ".") for k in SCHEMA):
+            _flatten(value_node, path + ".", out, sections)
+        else:
+            raise ConfigError("unknown key", key=path, line=line)
+
+
+def read_yaml(text: str) -> tuple[dict[str, tuple[Any, int]], dict[str, Any]]:
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                          line=mark.line + 1 if mark else None) from exc
+    raw: dict[str, tuple[Any, int]] = {}
+    sections: dict[str, Any] = {}
+    if root is not None:
+        _flatten(root, "", raw, sections)
+    return raw, sections
+
+
+def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """File, then environment, then ``overrides`` (CLI flags); None overrides are ignored."""
+    env = os.environ if env is None else env
+    raw: dict[str, tuple[Any, int | None]] = {}
+    sections: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        file_values, sections = read_yaml(text)
+        raw.update(file_values)
+    for key, spec in SCHEMA.items():
+        for name in (env_name(key), *spec.env):
+            if name in env:
+                raw[key] = (env[name], None)
+    for key, value in (overrides or {}).items():
+        if key not in SCHEMA:
+            raise ConfigError("unknown key", key=key)
+        if value is not None:
+            raw[key] = (value, None)
+
+    values: dict[str, Any] = {}
+    for key, spec in SCHEMA.items():
+        if key not in raw:
+            values[key] = spec.default
+            continue
+        value, line = raw[key]
+        try:
+            values[key] = spec.parse(value)
+        except ConfigError as exc:
+            raise ConfigError(exc.reason, key=key, line=line) from exc
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc), key=key, line=line) from exc
+    return Config(values=values, sections=sections)

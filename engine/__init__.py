@@ -1,0 +1,1 @@
+"""The embedded backend: a Lemonade-compatible server on ONNX Runtime that owns its KV cache."""

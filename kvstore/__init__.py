@@ -1,0 +1,1 @@
+"""KV-cache library: chunks, quantizers, importance, level decisions, prefix index."""

@@ -1,0 +1,50 @@
+"""The admin listener's data-plane endpoints: Prometheus ``/metrics`` and ``/v1/health``.
+
+It listens apart from the proxy because Lemonade serves ``/v1/health`` and ``/metrics`` on
+its own port, and the proxy must forward those untouched.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from inferos import __version__
+from inferos.proxy.app import ProxyRuntime
+
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+PROXY = web.AppKey("proxy", ProxyRuntime)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def health_body(runtime: ProxyRuntime) -> dict[str, object]:
+    mode = runtime.mode
+    status = "passthrough" if mode.passthrough else "ok"
+    return {
+        "status": status,
+        "version": __version__,
+        "mode": mode.describe(),
+        "passthrough": mode.passthrough,
+        "failsafe_reason": mode.failsafe_reason,
+        "upstream": runtime.upstream,
+        "in_flight": runtime.in_flight,
+        "observed_requests": runtime.observer.records,
+        "observation_errors": runtime.observer.errors,
+    }
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response(health_body(request.app[PROXY]))
+
+
+def build_admin_app(runtime: ProxyRuntime, registry: CollectorRegistry) -> web.Application:
+    app = web.Application()
+    app[REGISTRY] = registry
+    app[PROXY] = runtime
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/health", health)
+    return app

@@ -1,0 +1,42 @@
+"""The proxy's own error responses, in OpenAI's shape.
+
+Only errors that the proxy itself decides come from here (upstream unreachable, idle
+timeout, body too large). Errors from the backend are relayed untouched, in whichever of
+Lemonade's two shapes it used.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from inferos.proxy.headers import REQUEST_ID
+
+
+def openai_error(status: int, kind: str, message: str, *, request_id: str | None = None,
+                 param: str | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": kind}}
+    response = web.json_response(body, status=status)
+    if request_id:
+        response.headers[REQUEST_ID] = request_id
+    return response
+
+
+def upstream_unavailable(upstream: str, detail: str, request_id: str | None) -> web.Response:
+    return openai_error(
+        502, "upstream_unavailable",
+        f"Infer-OS could not reach the backend at {upstream}: {detail}. Is the server running?",
+        request_id=request_id)
+
+
+def upstream_timeout(seconds: float | None, request_id: str | None) -> web.Response:
+    return openai_error(
+        504, "upstream_timeout",
+        f"The backend sent nothing for {seconds} s (idle-read timeout).",
+        request_id=request_id)
+
+
+def body_too_large(limit: int, request_id: str | None) -> web.Response:
+    return openai_error(
+        413, "request_too_large",
+        f"The request body exceeds the proxy's limit of {limit} bytes.",
+        request_id=request_id)

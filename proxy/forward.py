@@ -1,0 +1,219 @@
+"""Forwarding one HTTP request: body streamed up, response streamed down, unchanged.
+
+Contract:
+- method, raw path and query string, end-to-end headers and body reach the upstream as sent;
+  hop-by-hop headers are dropped and ``X-Request-Id`` is added when absent (not in
+  passthrough mode, which adds nothing);
+- status, reason, end-to-end headers and body bytes return as the upstream sent them, each
+  chunk written as soon as it arrives (SSE is never buffered);
+- the proxy answers on its own only when the upstream cannot: 502 unreachable, 504 silent
+  past the idle timeout before answering, 413 body over the limit;
+- once a response has started, a failure upstream ends it after the bytes received so far:
+  a chunked response is closed cleanly, a response with a Content-Length is cut (the
+  client sees a short body rather than a wrong one);
+- a client that goes away cancels the handler, which closes the upstream connection, so
+  the backend stops generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from inferos.proxy import errors, observation
+from inferos.proxy.headers import (
+    REQUEST_ID,
+    request_headers,
+    response_headers,
+    skipped_auto_headers,
+)
+from inferos.proxy.observation import Observation
+from inferos.proxy.observer import Observer
+from inferos.proxy.routes import route_label
+from inferos.proxy.settings import ProxySettings
+
+READ_CHUNK = 64 * 1024
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _BodyState:
+    too_large: bool = False
+
+
+async def _request_body(
+    request: web.Request, limit: int, obs: Observation | None, state: _BodyState
+) -> AsyncIterator[bytes]:
+    total = 0
+    async for chunk in request.content.iter_chunked(READ_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            state.too_large = True
+            raise BodyTooLarge(total)
+        if obs is not None:
+            obs.on_request_chunk(chunk)
+        yield chunk
+
+
+def upstream_url(base: str, request: web.Request) -> URL:
+    # raw_path keeps the client's exact encoding and query string.
+    return URL(base + request.raw_path, encoded=True)
+
+
+async def forward(
+    request: web.Request,
+    *,
+    settings: ProxySettings,
+    session: aiohttp.ClientSession,
+    observer: Observer | None,
+    upstream: str,
+) -> web.StreamResponse:
+    """Forward ``request``; observe it unless ``observer`` is None (passthrough)."""
+    obs: Observation | None = None
+    if observer is not None:
+        obs = Observation(request.method, request.path, route_label(request.path),
+                          settings.observe_max_bytes)
+    headers, request_id = request_headers(request.headers, add_request_id=obs is not None)
+    if obs is not None:
+        obs.request_id = request_id
+
+    try:
+        return await _relay(request, settings, session, upstream, headers, request_id, obs)
+    finally:
+        if obs is not None and observer is not None:
+            if obs.ended is None:
+                obs.finish()
+            observer.finish(obs)
+
+
+async def _relay(
+    request: web.Request,
+    settings: ProxySettings,
+    session: aiohttp.ClientSession,
+    upstream: str,
+    headers: object,
+    request_id: str | None,
+    obs: Observation | None,
+) -> web.StreamResponse:
+    length = request.content_length
+    if length is not None and length > settings.max_body_bytes:
+        if obs is not None:
+            obs.finish(observation.BODY_TOO_LARGE)
+            obs.status = 413
+        return errors.body_too_large(settings.max_body_bytes, request_id)
+
+    body_state = _BodyState()
+    data = None
+    if request.body_exists:
+        data = _request_body(request, settings.max_body_bytes, obs, body_state)
+
+    try:
+        upstream_resp = await session.request(
+            request.method,
+            upstream_url(upstream, request),
+            headers=headers,  # type: ignore[arg-type]
+            data=data,
+            allow_redirects=False,
+            skip_auto_headers=skipped_auto_headers(request.headers),
+        )
+    except Exception as exc:
+        return _failed_before_response(exc, body_state, settings, upstream, request_id, obs)
+
+    try:
+        return await _stream_back(request, upstream_resp, request_id, obs)
+    finally:
+        # Closing (not releasing) a response that was not read to the end drops the
+        # connection, which is how the backend learns that nobody is listening any more.
+        if not upstream_resp.content.is_eof():
+            upstream_resp.close()
+        else:
+            upstream_resp.release()
+
+
+def _failed_before_response(
+    exc: Exception,
+    body_state: _BodyState,
+    settings: ProxySettings,
+    upstream: str,
+    request_id: str | None,
+    obs: Observation | None,
+) -> web.Response:
+    if body_state.too_large:
+        outcome, response = observation.BODY_TOO_LARGE, errors.body_too_large(
+            settings.max_body_bytes, request_id)
+    elif isinstance(exc, aiohttp.ConnectionTimeoutError):
+        outcome, response = observation.UPSTREAM_UNAVAILABLE, errors.upstream_unavailable(
+            upstream, f"connect timed out after {settings.connect_timeout_s} s", request_id)
+    elif isinstance(exc, TimeoutError):
+        outcome, response = observation.UPSTREAM_TIMEOUT, errors.upstream_timeout(
+            settings.idle_timeout_s, request_id)
+    elif isinstance(exc, aiohttp.ClientError | OSError):
+        outcome, response = observation.UPSTREAM_UNAVAILABLE, errors.upstream_unavailable(
+            upstream, type(exc).__name__, request_id)
+    else:
+        raise exc
+    if obs is not None:
+        obs.status = response.status
+        obs.finish(outcome)
+    return response
+
+
+async def _stream_back(
+    request: web.Request,
+    upstream_resp: aiohttp.ClientResponse,
+    request_id: str | None,
+    obs: Observation | None,
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        status=upstream_resp.status,
+        reason=upstream_resp.reason,
+        headers=response_headers(upstream_resp.headers),
+    )
+    declared = upstream_resp.headers.get("Content-Length")
+    if declared is not None and declared.isdigit():
+        response.content_length = int(declared)
+    if request_id and REQUEST_ID not in response.headers:
+        response.headers[REQUEST_ID] = request_id
+    if obs is not None:
+        obs.on_response(upstream_resp.status, upstream_resp.headers.get("Content-Type", ""))
+
+    await response.prepare(request)
+    outcome = observation.OK
+    try:
+        async for chunk in upstream_resp.content.iter_any():
+            if obs is not None:
+                obs.on_chunk(chunk)
+            await response.write(chunk)
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        outcome = observation.CLIENT_DISCONNECT
+        if obs is not None:
+            obs.finish(outcome)
+        return response
+    except asyncio.CancelledError:
+        if obs is not None:
+            obs.finish(observation.CLIENT_DISCONNECT)
+        raise
+    except TimeoutError:
+        outcome = observation.UPSTREAM_TIMEOUT
+    except (aiohttp.ClientError, OSError):
+        outcome = observation.UPSTREAM_DISCONNECT
+
+    if obs is not None:
+        obs.finish(outcome)
+    if outcome != observation.OK and response.content_length is not None:
+        # A declared length we can no longer honour: cut the connection rather than pad.
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+        await response.write_eof()
+    return response

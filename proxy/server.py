@@ -1,0 +1,82 @@
+"""Starting and stopping the proxy and admin listeners together.
+
+``ProxyServer`` is the one place where the data plane's listeners, upstream session and
+metrics live and die; ``inferos serve`` and the tests use it alike.
+"""
+
+from __future__ import annotations
+
+import socket
+from types import TracebackType
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from inferos.proxy.admin import build_admin_app
+from inferos.proxy.app import ProxyRuntime, build_proxy_app
+from inferos.proxy.metrics import ProxyMetrics
+from inferos.proxy.mode import ProxyMode
+from inferos.proxy.observer import Observer
+from inferos.proxy.settings import HostPort, ProxySettings
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp exposes the bound sockets only here
+    assert server is not None
+    sockets: list[socket.socket] = list(server.sockets)  # type: ignore[attr-defined]
+    return int(sockets[0].getsockname()[1])
+
+
+class ProxyServer:
+    def __init__(self, settings: ProxySettings, registry: CollectorRegistry | None = None):
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.mode = ProxyMode(forced=settings.passthrough)
+        self.observer = Observer()
+        self.runtime = ProxyRuntime(settings=settings, mode=self.mode, observer=self.observer)
+        self.metrics = ProxyMetrics(self.registry, lambda: self.mode.passthrough)
+        self.observer.subscribe(self.metrics.observe)
+        self.proxy_app = build_proxy_app(self.runtime)
+        self.admin_app = build_admin_app(self.runtime, self.registry)
+        self._runners: list[web.AppRunner] = []
+        self.listen: HostPort = settings.listen
+        self.admin: HostPort = settings.admin
+
+    async def _start_site(self, app: web.Application, where: HostPort) -> HostPort:
+        # handler_cancellation: a client that disconnects cancels its handler at once, even
+        # while the backend is silent (a long prefill), and the upstream request with it.
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, where.host, where.port, reuse_address=True)
+        await site.start()
+        return HostPort(where.host, _bound_port(site))
+
+    async def start(self) -> None:
+        try:
+            self.listen = await self._start_site(self.proxy_app, self.settings.listen)
+            self.admin = await self._start_site(self.admin_app, self.settings.admin)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://{self.listen}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.admin}"
+
+    async def __aenter__(self) -> ProxyServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
