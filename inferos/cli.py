@@ -1,82 +1,25 @@
-"""The ``inferos`` command: ``serve`` runs the proxy; later parts add their subcommands."""
+"""The ``inferos`` command. Each subcommand lives in ``inferos.commands.<name>`` and
+registers itself through ``add_parser``; its handler returns the exit code."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
+from inferos.commands import serve
 from inferos.errors import ConfigError, InferOSError
 
-log = logging.getLogger("inferos")
-
-
-def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="run the proxy (and controller) in front of a backend")
-    p.add_argument("--upstream", help="backend origin, e.g. http://127.0.0.1:13305 "
-                                      "(env INFEROS_UPSTREAM; default: a Lemonade that answers)")
-    p.add_argument("--listen", help="proxy listener HOST:PORT (default 127.0.0.1:8020)")
-    p.add_argument("--admin", help="admin listener HOST:PORT (default 127.0.0.1:8021)")
-    p.add_argument("--passthrough", action="store_true", default=None,
-                   help="forward only; observe nothing (env INFEROS_PASSTHROUGH=1)")
-    p.add_argument("--config", help="YAML configuration file")
-    p.add_argument("--idle-timeout", type=float, help="seconds of upstream silence before "
-                                                       "giving up (default 600)")
-    p.add_argument("--connect-timeout", type=float, help="seconds to connect upstream")
-    p.set_defaults(func=_cmd_serve)
-
-
-async def _serve(args: argparse.Namespace) -> int:
-    from inferos.controller.config import load_config
-    from inferos.proxy.discovery import LEMONADE_DEFAULTS, find_lemonade
-    from inferos.proxy.server import ProxyServer
-
-    config = load_config(args.config, overrides={
-        "upstream.url": args.upstream,
-        "listen.proxy": args.listen,
-        "listen.admin": args.admin,
-        "passthrough": args.passthrough,
-        "upstream.idle_timeout_s": args.idle_timeout,
-        "upstream.connect_timeout_s": args.connect_timeout,
-    })
-    upstream = config.get("upstream.url")
-    if upstream is None:
-        upstream = await asyncio.to_thread(find_lemonade)
-    if upstream is None:
-        tried = " and ".join(LEMONADE_DEFAULTS)
-        print(f"inferos: no backend. Nothing answered at {tried}.\n"
-              "Start Lemonade Server, or give one with --upstream URL "
-              "(or INFEROS_UPSTREAM=URL).", file=sys.stderr)
-        return 2
-
-    server = ProxyServer(config.proxy_settings(upstream))
-    await server.start()
-    mode = "passthrough" if server.mode.passthrough else "observing"
-    print(f"inferos: proxy on {server.proxy_url} -> {upstream} ({mode}); "
-          f"metrics and health on {server.admin_url}", file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await server.stop()
-    return 0
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    return asyncio.run(_serve(args))
+COMMANDS = (serve,)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inferos", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    _serve_parser(sub)
+    for command in COMMANDS:
+        command.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Subcommands of the ``inferos`` command, one module each."""
