@@ -8,8 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-run}"
 cache="${INFEROS_CACHE:-$HOME/.cache/inferos}"
-wheels="$cache/wheels"
 llama_version="0.3.36"
+# A portable build: GGML_NATIVE picks up AMX/AVX-512 from cpuid, which these VMs advertise
+# but trap on (SIGILL at the first matmul). AVX2+FMA+F16C runs on every x86-64 here.
+llama_cmake_args="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF"
+wheels="$cache/wheels/llama-avx2"
 mkdir -p "$wheels"
 
 py="${PYTHON:-python3}"
@@ -31,9 +35,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   if [ "$what" = test ]; then
     if ! ls "$wheels"/llama_cpp_python-"$llama_version"-*.whl >/dev/null 2>&1; then
       echo "setup: building llama-cpp-python $llama_version once (5-8 minutes on 2 cores)" >&2
-      CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "${pip[@]}" wheel --no-deps \
-        "llama-cpp-python==$llama_version" -w "$wheels"
+      CMAKE_ARGS="$llama_cmake_args" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+        "${pip[@]}" wheel --no-deps --no-cache-dir "llama-cpp-python==$llama_version" -w "$wheels"
     fi
+    "${pip[@]}" install --force-reinstall --no-deps --find-links "$wheels" --no-index \
+      "llama-cpp-python==$llama_version"
     "${pip[@]}" install --find-links "$wheels" "llama-cpp-python[server]==$llama_version"
   fi
   echo "$want" > "$stamp"
