@@ -7,6 +7,8 @@ import asyncio
 import signal
 import sys
 
+from inferos.event_loop import run_event_loop
+
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the proxy (and controller) in front of a backend")
@@ -63,4 +65,4 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    return asyncio.run(_serve(args))
+    return run_event_loop(_serve(args))
