@@ -1,0 +1,228 @@
+"""Parsing and validating the bodies of ``chat/completions``, ``completions`` and ``load``.
+
+Contract: a parser takes the decoded JSON body and returns a frozen value, or raises
+``ApiError`` 400 naming the offending field. Fields this engine does not use (``id_slot``,
+``repeat_last_n``, ``chat_template_kwargs``, ``presence_penalty``, ``logprobs``…) are
+accepted and ignored, as Lemonade forwards them to backends that may not know them either.
+Booleans are not numbers here: ``"max_tokens": true`` is rejected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from inferos.engine.api_errors import ApiError, invalid_param
+
+# OpenAI's documented range; llama.cpp accepts more but the SDKs validate to this.
+MAX_TEMPERATURE = 2.0
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What shapes one generation. ``max_tokens`` None means: until a stop or the context ends."""
+
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    repeat_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One ``chat/completions`` (``messages``) or ``completions`` (``prompt``) request."""
+
+    model: str | None
+    stream: bool
+    include_usage: bool
+    sampling: Sampling
+    messages: tuple[dict[str, Any], ...] = ()
+    prompt: str | tuple[int, ...] | None = None
+
+    @property
+    def is_chat(self) -> bool:
+        return self.prompt is None
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """``POST load``: None for an option means "as in effect, or the server's default"."""
+
+    model_name: str
+    ctx_size: int | None = None
+    provider: str | None = None
+    threads: int | None = None
+    kv_precision: str | None = None
+    graph_optimization: str | None = None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _number(body: dict[str, Any], name: str, default: float, low: float, high: float,
+            *, low_open: bool = False) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not _is_number(value):
+        raise invalid_param(name, f"'{name}' must be a number, got {type(value).__name__}")
+    number = float(value)
+    if number < low or number > high or (low_open and number == low):
+        bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+        raise invalid_param(name, f"'{name}' must be in {bound}, got {value}")
+    return number
+
+
+def _integer(body: dict[str, Any], name: str, *, minimum: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid_param(name, f"'{name}' must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise invalid_param(name, f"'{name}' must be at least {minimum}, got {value}")
+    return value
+
+
+def _boolean(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise invalid_param(name, f"'{name}' must be true or false, got {value!r}")
+    return value
+
+
+def _stop(body: dict[str, Any]) -> tuple[str, ...]:
+    value = body.get("stop")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise invalid_param("stop", "'stop' must be a string or a list of strings")
+    return tuple(s for s in value if s)
+
+
+def _sampling(body: dict[str, Any]) -> Sampling:
+    # max_completion_tokens is the newer OpenAI name; it wins when both are sent.
+    max_tokens = _integer(body, "max_completion_tokens", minimum=1)
+    if max_tokens is None:
+        max_tokens = _integer(body, "max_tokens", minimum=1)
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise invalid_param("seed", f"'seed' must be an integer, got {type(seed).__name__}")
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=_number(body, "temperature", 0.0, 0.0, MAX_TEMPERATURE),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
+        top_k=_integer(body, "top_k", minimum=0) or 0,
+        seed=seed,
+        repeat_penalty=_number(body, "repeat_penalty", 1.0, 0.0, 10.0, low_open=True),
+        stop=_stop(body),
+    )
+
+
+def _common(body: Any) -> tuple[str | None, bool, bool, Sampling]:
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise invalid_param("model", "'model' must be a string")
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise invalid_param("n", "only n=1 is supported")
+    stream = _boolean(body, "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise invalid_param("stream_options", "'stream_options' must be an object")
+    include_usage = stream and bool((options or {}).get("include_usage", False))
+    return model or None, stream, include_usage, _sampling(body)
+
+
+def _message(index: int, message: Any) -> dict[str, Any]:
+    param = f"messages[{index}]"
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise invalid_param(param, f"'{param}' must be an object with a string 'role'")
+    content = message.get("content")
+    if content is None:
+        content = ""
+    elif isinstance(content, list):
+        # Content parts: only text exists for this model; other parts are refused, not dropped.
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" \
+                    or not isinstance(part.get("text"), str):
+                raise invalid_param(f"{param}.content",
+                                    "only text content parts are supported by this model")
+            texts.append(part["text"])
+        content = "".join(texts)
+    elif not isinstance(content, str):
+        raise invalid_param(f"{param}.content", "'content' must be a string or a list of parts")
+    return {**message, "content": content}
+
+
+def parse_chat(body: Any) -> GenerationRequest:
+    model, stream, include_usage, sampling = _common(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid_param("messages", "'messages' must be a non-empty list")
+    return GenerationRequest(model=model, stream=stream, include_usage=include_usage,
+                             sampling=sampling,
+                             messages=tuple(_message(i, m) for i, m in enumerate(messages)))
+
+
+def parse_completion(body: Any) -> GenerationRequest:
+    model, stream, include_usage, sampling = _common(body)
+    prompt = body.get("prompt")
+    parsed: str | tuple[int, ...]
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        parsed = prompt[0]
+    elif isinstance(prompt, list) and prompt and all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt):
+        parsed = tuple(prompt)
+    elif isinstance(prompt, str):
+        parsed = prompt
+    else:
+        raise invalid_param("prompt", "'prompt' must be a string, a list of one string, "
+                                      "or a list of token ids")
+    return GenerationRequest(model=model, stream=stream, include_usage=include_usage,
+                             sampling=sampling, prompt=parsed)
+
+
+def _optional_str(body: dict[str, Any], *names: str) -> str | None:
+    for name in names:
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value:
+            raise invalid_param(name, f"'{name}' must be a non-empty string")
+        return value
+    return None
+
+
+def parse_load(body: Any) -> LoadRequest:
+    """``ctx_size`` -1 (Lemonade's "automatic") and 0 mean the server's default."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    name = body.get("model_name", body.get("model"))
+    if not isinstance(name, str) or not name:
+        raise invalid_param("model_name", "'model_name' is required and must be a string")
+    ctx_size = body.get("ctx_size")
+    if ctx_size is not None:
+        if isinstance(ctx_size, bool) or not isinstance(ctx_size, int) or ctx_size < -1:
+            raise invalid_param("ctx_size", "'ctx_size' must be a positive integer or -1")
+        if ctx_size in (-1, 0):
+            ctx_size = None
+    return LoadRequest(
+        model_name=name,
+        ctx_size=ctx_size,
+        provider=_optional_str(body, "provider", "execution_provider"),
+        threads=_integer(body, "threads", minimum=1),
+        kv_precision=_optional_str(body, "kv_precision"),
+        graph_optimization=_optional_str(body, "graph_optimization"),
+    )

@@ -1,0 +1,113 @@
+"""One generation as the API sees it: text pieces cut at stop strings, then the outcome.
+
+``run_completion`` drives ``ModelSlot.stream`` for one request and yields the text to send
+(already cut at the first stop string, which is never sent) and, last, a ``Outcome`` with
+the finish reason, token counts and llama.cpp-style timings. Timings come from the worker
+thread's clock: ``prompt_ms`` is the time until the first token (prefill and its sampling),
+``predicted_ms`` the time from the first to the last token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+from inferos.engine.api_errors import ApiError, context_exceeded
+from inferos.engine.api_requests import Sampling
+from inferos.engine.model_slot import LoadedState, ModelSlot
+from inferos.engine.runtime import SamplingParams
+from inferos.engine.stop_sequences import StopMatcher
+from inferos.errors import ModelError
+
+
+@dataclass(frozen=True)
+class Timings:
+    prompt_n: int
+    prompt_ms: float
+    predicted_n: int
+    predicted_ms: float
+    cache_n: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        prompt_rate = self.prompt_n * 1000.0 / self.prompt_ms if self.prompt_ms > 0 else 0.0
+        # The first token comes out of the prefill; decoding made the other predicted_n - 1.
+        steps = self.predicted_n - 1
+        decode_rate = steps * 1000.0 / self.predicted_ms if steps > 0 and self.predicted_ms > 0 \
+            else 0.0
+        return {
+            "cache_n": self.cache_n,
+            "prompt_n": self.prompt_n,
+            "prompt_ms": round(self.prompt_ms, 3),
+            "prompt_per_token_ms": round(self.prompt_ms / self.prompt_n, 3) if self.prompt_n
+            else 0.0,
+            "prompt_per_second": round(prompt_rate, 3),
+            "predicted_n": self.predicted_n,
+            "predicted_ms": round(self.predicted_ms, 3),
+            "predicted_per_token_ms": round(self.predicted_ms / steps, 3) if steps > 0 else 0.0,
+            "predicted_per_second": round(decode_rate, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    timings: Timings
+
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+
+def sampling_params(sampling: Sampling, prompt_tokens: int, ctx_size: int) -> SamplingParams:
+    """The core's parameters; ``max_tokens`` never runs past the end of the context."""
+    room = ctx_size - prompt_tokens
+    if room <= 0:
+        raise context_exceeded(prompt_tokens, ctx_size)
+    wanted = sampling.max_tokens if sampling.max_tokens is not None else room
+    return SamplingParams(max_tokens=min(wanted, room), temperature=sampling.temperature,
+                          top_p=sampling.top_p, top_k=sampling.top_k, seed=sampling.seed,
+                          repeat_penalty=sampling.repeat_penalty)
+
+
+async def run_completion(slot: ModelSlot, state: LoadedState, prompt_ids: list[int],
+                         sampling: Sampling) -> AsyncGenerator[str | Outcome, None]:
+    """Yields text pieces, then one ``Outcome``. The caller holds ``slot.lock``."""
+    params = sampling_params(sampling, len(prompt_ids), state.ctx_size)
+    matcher = StopMatcher(sampling.stop)
+    started = time.perf_counter()
+    first_at = last_at = started
+    count = 0
+    finish = "length"
+    try:
+        async with contextlib.aclosing(slot.stream(state.model, prompt_ids, params)) as events:
+            async for timed in events:
+                count += 1
+                last_at = timed.at
+                if count == 1:
+                    first_at = timed.at
+                text = matcher.push(timed.event.text)
+                if text:
+                    yield text
+                if matcher.stopped:
+                    finish = "stop"
+                    break
+                if timed.event.finish_reason is not None:
+                    finish = timed.event.finish_reason
+    except ValueError as exc:
+        # The core refuses a prompt that does not fit; the check above makes this rare.
+        raise ApiError(400, str(exc), code="context_length_exceeded") from exc
+    except ModelError as exc:
+        raise ApiError(500, f"generation failed: {exc}", kind="server_error",
+                       code="generation_failed") from exc
+    tail = matcher.flush()
+    if tail:
+        yield tail
+    yield Outcome(
+        finish_reason=finish, prompt_tokens=len(prompt_ids), completion_tokens=count,
+        timings=Timings(prompt_n=len(prompt_ids), prompt_ms=(first_at - started) * 1000.0,
+                        predicted_n=count, predicted_ms=(last_at - first_at) * 1000.0))

@@ -1,0 +1,344 @@
+"""The handlers of the engine's Lemonade API, mounted under every prefix by ``server.py``.
+
+Generation endpoints take ``ModelSlot.lock`` for their whole load-tokenize-generate
+sequence (generations are serialized), validate everything before the response starts
+(so errors keep their status), and stop the generation when the client goes away
+(aiohttp cancels the handler). Prompt and completion text is never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import onnxruntime as ort
+from aiohttp import web
+
+from inferos import __version__
+from inferos.engine.api_errors import ApiError, invalid_param, model_not_found
+from inferos.engine.api_requests import GenerationRequest, parse_chat, parse_completion, parse_load
+from inferos.engine.api_responses import SSE_DONE, ResponseShape, sse
+from inferos.engine.completion_run import Outcome, run_completion, sampling_params
+from inferos.engine.engine_state import ENGINE, EngineState
+from inferos.engine.load_options import requested_options
+from inferos.engine.model_catalog import RECIPE
+from inferos.engine.model_slot import LoadedState
+from inferos.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+# The Lemonade API level this engine serves. Clients such as GAIA check a minimum version
+# (10.2.0) in health; the engine's own version is reported as "engine".
+LEMONADE_API_VERSION = "11.5.0"
+
+
+async def _json_body(request: web.Request, *, optional: bool = False) -> Any:
+    raw = await request.read()
+    if optional and not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"The request body is not valid JSON: {exc}",
+                       code="invalid_json") from exc
+
+
+def _device(provider: str) -> str:
+    return "cpu" if provider == "CPUExecutionProvider" else "gpu"
+
+
+def _recipe_options(state: LoadedState) -> dict[str, Any]:
+    options = state.options
+    return {"ctx_size": options.ctx_size, "provider": options.provider,
+            "threads": options.threads, "kv_precision": options.kv_precision,
+            "graph_optimization": options.graph_optimization}
+
+
+def _loaded_entry(engine: EngineState, state: LoadedState) -> dict[str, Any]:
+    return {
+        "model_name": state.name, "checkpoint": str(state.checkpoint), "recipe": RECIPE,
+        "recipe_options": _recipe_options(state), "device": _device(state.model.provider),
+        "type": "llm", "backend_url": engine.base_url, "pid": os.getpid(),
+        "is_busy": engine.slot.busy, "max_context": state.model.max_context,
+        "loaded_at": state.loaded_at, "load_number": state.load_number,
+    }
+
+
+async def _model_for(engine: EngineState, name: str | None) -> LoadedState:
+    """The loaded model a request means, loading it on demand. Caller holds the lock."""
+    state = engine.slot.state
+    if state is not None and (name is None or engine.names_loaded(name)):
+        return state
+    if name is None:
+        name = engine.default_model
+    entry = engine.catalog.find(name)
+    if entry is None or not entry.prepared:
+        raise model_not_found(name)
+    try:
+        state, _ = await engine.slot.load(entry.id, entry.source, engine.defaults)
+    except ModelError as exc:
+        raise ApiError(500, f"loading '{entry.id}' failed: {exc}", kind="server_error",
+                       code="load_failed") from exc
+    return state
+
+
+def _prompt_ids(state: LoadedState, request: GenerationRequest) -> list[int]:
+    model = state.model
+    if request.is_chat:
+        try:
+            text = model.chat_prompt([dict(m) for m in request.messages])
+        except Exception as exc:  # the template's own error (jinja2 raise_exception)
+            raise invalid_param("messages", f"the chat template refused the messages: {exc}") \
+                from exc
+        return model.encode(text)
+    if isinstance(request.prompt, tuple):
+        return list(request.prompt)
+    return model.encode(request.prompt or "")
+
+
+async def _generate(request: web.Request,
+                    parse: Callable[[Any], GenerationRequest]) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    generation = parse(await _json_body(request))
+    async with engine.slot.lock:
+        state = await _model_for(engine, generation.model)
+        prompt_ids = _prompt_ids(state, generation)
+        sampling_params(generation.sampling, len(prompt_ids), state.ctx_size)  # 400 if too long
+        shape = ResponseShape(chat=generation.is_chat, model=state.name)
+        engine.stats.started()
+        started = time.perf_counter()
+        response: web.StreamResponse
+        try:
+            if generation.stream:
+                response, outcome = await _stream(request, engine, state, prompt_ids,
+                                                  generation, shape)
+            else:
+                outcome, text = await _collect(engine, state, prompt_ids, generation)
+                response = web.json_response(shape.full(text, outcome))
+        except (asyncio.CancelledError, ConnectionResetError):
+            engine.stats.cancelled += 1
+            log.info("%s cancelled: client went away", request.path)
+            raise
+        except Exception:
+            engine.stats.failed += 1
+            raise
+        if outcome is not None:
+            engine.stats.finished(outcome)
+            log.info("%s model=%s prompt_tokens=%d completion_tokens=%d finish=%s "
+                     "ttft_ms=%.1f total_ms=%.1f", request.path, state.name,
+                     outcome.prompt_tokens, outcome.completion_tokens, outcome.finish_reason,
+                     outcome.timings.prompt_ms, (time.perf_counter() - started) * 1000.0)
+    return response
+
+
+async def _collect(engine: EngineState, state: LoadedState, prompt_ids: list[int],
+                   generation: GenerationRequest) -> tuple[Outcome, str]:
+    pieces: list[str] = []
+    outcome: Outcome | None = None
+    async with contextlib.aclosing(run_completion(engine.slot, state, prompt_ids,
+                                                  generation.sampling)) as items:
+        async for item in items:
+            if isinstance(item, str):
+                pieces.append(item)
+            else:
+                outcome = item
+    assert outcome is not None
+    return outcome, "".join(pieces)
+
+
+async def _stream(request: web.Request, engine: EngineState, state: LoadedState,
+                  prompt_ids: list[int], generation: GenerationRequest,
+                  shape: ResponseShape) -> tuple[web.StreamResponse, Outcome | None]:
+    """Streams the generation as SSE; returns the response and the generation's outcome,
+    None when it failed in-band."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    first = shape.first_chunk()
+    if first is not None:
+        await response.write(sse(first))
+    outcome: Outcome | None = None
+    try:
+        async with contextlib.aclosing(run_completion(engine.slot, state, prompt_ids,
+                                                      generation.sampling)) as items:
+            async for item in items:
+                if isinstance(item, str):
+                    await response.write(sse(shape.text_chunk(item)))
+                else:
+                    outcome = item
+    except ApiError as exc:
+        # After the 200 the error goes in-band, without [DONE], as Lemonade does.
+        engine.stats.failed += 1
+        await response.write(sse(exc.body()))
+        await response.write_eof()
+        return response, None
+    assert outcome is not None
+    await response.write(sse(shape.final_chunk(outcome)))
+    if generation.include_usage:
+        await response.write(sse(shape.usage_chunk(outcome)))
+    await response.write(SSE_DONE)
+    await response.write_eof()
+    return response, outcome
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, parse_chat)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, parse_completion)
+
+
+async def models(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    show_all = request.query.get("show_all", "").lower() in ("1", "true", "yes")
+    data = [entry.as_model() for entry in engine.catalog.entries(show_all=show_all)]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def model_info(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    name = request.match_info["model_id"]
+    entry = engine.catalog.find(name)
+    if entry is None:
+        raise model_not_found(name)
+    return web.json_response(entry.as_model())
+
+
+async def load(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    wanted = parse_load(await _json_body(request))
+    entry = engine.catalog.find(wanted.model_name)
+    if entry is None or not entry.prepared:
+        raise model_not_found(wanted.model_name)
+
+    def base() -> Any:
+        state = engine.slot.state
+        return state.options if state is not None and state.name == entry.id \
+            else engine.defaults
+
+    options = requested_options(wanted, base())
+    state = engine.slot.state
+    reloaded = False
+    # The common case (GAIA loads before every chat) answers without queueing behind a
+    # generation: nothing would change.
+    if not engine.slot.is_in_effect(entry.id, options):
+        async with engine.slot.lock:
+            options = requested_options(wanted, base())
+            try:
+                state, reloaded = await engine.slot.load(entry.id, entry.source, options)
+            except ValueError as exc:
+                raise ApiError(400, f"cannot load '{entry.id}' with these options: {exc}",
+                               code="invalid_value") from exc
+            except ModelError as exc:
+                raise ApiError(500, f"loading '{entry.id}' failed: {exc}", kind="server_error",
+                               code="load_failed") from exc
+    assert state is not None
+    log.info("load %s: %s", state.name, "loaded" if reloaded else "already in effect")
+    return web.json_response({
+        "status": "success", "model_name": state.name, "checkpoint": str(state.checkpoint),
+        "recipe": RECIPE, "recipe_options": _recipe_options(state), "reloaded": reloaded,
+        "message": f"Loaded model: {state.name}" if reloaded
+        else f"Model {state.name} is already loaded with these options",
+    })
+
+
+async def unload(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    body = await _json_body(request, optional=True)
+    name = body.get("model_name") if isinstance(body, dict) else None
+    if name is not None and not isinstance(name, str):
+        raise invalid_param("model_name", "'model_name' must be a string")
+    async with engine.slot.lock:
+        state = engine.slot.state
+        if state is None:
+            raise ApiError(404, "No model is loaded.", code="model_not_loaded",
+                           param="model_name")
+        if name and not engine.names_loaded(name):
+            raise ApiError(404, f"The model '{name}' is not loaded.", code="model_not_loaded",
+                           param="model_name")
+        await engine.slot.unload()
+    message = f"Model {state.name} unloaded successfully" if name \
+        else "All models unloaded successfully"
+    return web.json_response({"status": "success", "message": message})
+
+
+async def health(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    state = engine.slot.state
+    return web.json_response({
+        "status": "ok", "version": LEMONADE_API_VERSION, "engine": f"inferos {__version__}",
+        "model_loaded": state.name if state else None,
+        "checkpoint_loaded": str(state.checkpoint) if state else None,  # the Python-era field
+        "all_models_loaded": [_loaded_entry(engine, state)] if state else [],
+        "max_models": {"llm": 1, "embedding": 0, "reranking": 0, "audio": 0, "image": 0},
+    })
+
+
+async def stats(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    body = engine.stats.as_dict()
+    state = engine.slot.state
+    body["engine"] = state.model.stats() if state is not None else None
+    body["loads"] = engine.slot.loads
+    return web.json_response(body)
+
+
+async def system_info(request: web.Request) -> web.Response:
+    import psutil
+
+    providers = ort.get_available_providers()
+    cpu_name = platform.processor() or platform.machine()
+    return web.json_response({
+        "OS Version": platform.platform(),
+        "Processor": cpu_name,
+        "Physical Memory": f"{psutil.virtual_memory().total / 2**30:.1f} GB",
+        "Python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "execution_providers": providers,
+        "devices": {
+            "cpu": {"name": cpu_name, "cores": psutil.cpu_count(logical=False),
+                    "threads": psutil.cpu_count(logical=True), "available": True},
+            "amd_igpu": {"available": "DmlExecutionProvider" in providers},
+            "nvidia_dgpu": {"available": "CUDAExecutionProvider" in providers},
+            "npu": {"available": False},  # no NPU execution provider is used by this engine
+        },
+        "recipes": {RECIPE: {"backends": {"cpu": {"available": True}}}},
+    })
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def _route_table() -> list[tuple[str, str, Callable[[web.Request], Any]]]:
+    return [
+        ("POST", "chat/completions", chat_completions),
+        ("POST", "completions", completions),
+        ("GET", "models", models),
+        ("GET", "models/{model_id:.+}", model_info),
+        ("POST", "load", load),
+        ("POST", "unload", unload),
+        ("GET", "health", health),
+        ("GET", "stats", stats),
+        ("GET", "system-info", system_info),
+        ("GET", "live", live),
+    ]
+
+
+PREFIXES = ("/api/v1", "/api/v0", "/v1", "/v0")
+
+
+def add_routes(app: web.Application) -> None:
+    for prefix in PREFIXES:
+        for method, path, handler in _route_table():
+            app.router.add_route(method, f"{prefix}/{path}", handler)
+    app.router.add_get("/live", live)

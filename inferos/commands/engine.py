@@ -1,0 +1,100 @@
+"""``inferos engine``: the embedded engine's Lemonade-compatible server, in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+from inferos.event_loop import run_event_loop
+
+# How often a child engine checks that the `inferos serve` that started it still lives.
+PARENT_POLL_S = 0.5
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("engine", help="run the embedded engine (Lemonade API on ONNX Runtime)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8022, help="port (default 8022; 0 = any free)")
+    p.add_argument("--model", default=None,
+                   help="model name or prepared folder, loaded at start "
+                        "(default smollm2-135m-instruct)")
+    p.add_argument("--ctx-size", type=int, default=None,
+                   help="context size in tokens (default 4096; clamped to the model's maximum)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--provider", default=None,
+                   help="execution provider: cpu, dml, cuda or an onnxruntime name "
+                        "(default: the best available)")
+    p.add_argument("--kv-precision", default=None, help="KV cache precision (default fp32)")
+    p.add_argument("--api-key", default=os.environ.get("LEMONADE_API_KEY") or None,
+                   help="require 'Authorization: Bearer KEY' (env LEMONADE_API_KEY)")
+    p.add_argument("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_engine)
+
+
+def _parent_gone(pid: int) -> bool:
+    if os.name != "nt":
+        return os.getppid() != pid  # reparented: the parent has exited
+    import psutil
+
+    return not psutil.pid_exists(pid)
+
+
+async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        if _parent_gone(pid):
+            print("inferos engine: the process that started it is gone; stopping",
+                  file=sys.stderr, flush=True)
+            stop.set()
+            return
+        await asyncio.sleep(PARENT_POLL_S)
+
+
+async def _engine(args: argparse.Namespace) -> int:
+    from inferos.engine.api_errors import ApiError
+    from inferos.engine.load_options import normalize_provider
+    from inferos.engine.prepared_models import DEFAULT_MODEL, catalog_for, load_model
+    from inferos.engine.runtime import EngineOptions
+    from inferos.engine.server import EngineServer, EngineSettings
+    from inferos.errors import ConfigError
+    from inferos.tasks import TaskGroup
+
+    options = EngineOptions()
+    try:
+        provider = normalize_provider(args.provider) if args.provider else None
+    except ApiError as exc:
+        raise ConfigError(exc.message, key="provider") from exc
+    if args.ctx_size is not None and args.ctx_size <= 0:
+        raise ConfigError("must be a positive number of tokens", key="ctx-size")
+    options = EngineOptions(
+        provider=provider, threads=args.threads,
+        graph_optimization=options.graph_optimization,
+        kv_precision=args.kv_precision or options.kv_precision,
+        ctx_size=args.ctx_size or options.ctx_size)
+    model = args.model or DEFAULT_MODEL
+    catalog, model_id = catalog_for(model)
+    settings = EngineSettings(model=model_id, host=args.host, port=args.port, options=options,
+                              api_key=args.api_key)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = TaskGroup()
+    async with EngineServer(settings, catalog, load_model) as server:
+        state = server.state.slot.state
+        loaded = f"{state.name} (context {state.ctx_size})" if state else "no model"
+        print(f"inferos engine: Lemonade API on {server.url}/api/v1 with {loaded}",
+              file=sys.stderr, flush=True)
+        if args.exit_with_parent is not None:
+            tasks.start(_watch_parent(args.exit_with_parent, stop), name="watch-parent")
+        try:
+            await stop.wait()
+        finally:
+            await tasks.stop()
+    return 0
+
+
+def _cmd_engine(args: argparse.Namespace) -> int:
+    return run_event_loop(_engine(args))
