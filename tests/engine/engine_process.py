@@ -1,0 +1,42 @@
+"""The engine server as the tests run it: ``python -m inferos.cli engine`` on a free port.
+
+A subprocess, as ``inferos serve`` runs it, so a test sees what a client sees (sockets,
+disconnects, the process's own logs) and nothing of the test's event loop leaks in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.backends import RunningServer, free_port, stop, wait_until_up
+
+MODEL = "smollm2-135m-instruct"
+
+
+def prepared_model() -> Path:
+    """The real SmolLM2 model, prepared once and cached (returns at once when it is)."""
+    from inferos.engine.prepare import ensure_prepared
+
+    return ensure_prepared(MODEL, progress=lambda message: None)
+
+
+@contextlib.contextmanager
+def engine_process(log_dir: Path, *args: str) -> Iterator[RunningServer]:
+    port = free_port()
+    log_path = log_dir / f"engine_{port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "inferos.cli", "engine", "--port", str(port),
+             "--model", MODEL, "--threads", "1", *args],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url + "/api/v1/live", process, log_path)
+        yield RunningServer(url, process, log_path)
+    finally:
+        stop(process)
