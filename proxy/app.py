@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 
+from inferos.proxy.admission import Admission
 from inferos.proxy.forward import forward
 from inferos.proxy.mode import ProxyMode
 from inferos.proxy.observer import Observer
+from inferos.proxy.pending_context import PendingContexts
+from inferos.proxy.routes import is_generation, route_label
 from inferos.proxy.settings import ProxySettings
 from inferos.proxy.websocket import is_websocket, relay_websocket
 
@@ -25,7 +29,12 @@ class ProxyRuntime:
     observer: Observer
     upstream: str = ""
     in_flight: int = 0
+    # Requests still running against each upstream: blue/green drains the old one by this.
+    in_flight_by_upstream: dict[str, int] = field(default_factory=dict)
+    admission: Admission = field(default_factory=Admission)
     session: aiohttp.ClientSession | None = field(default=None, repr=False)
+    # Where request facts go for the controller; None when no controller runs.
+    run_contexts: PendingContexts | None = None
 
     def __post_init__(self) -> None:
         if not self.upstream:
@@ -54,6 +63,7 @@ def _client_session(settings: ProxySettings) -> aiohttp.ClientSession:
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
+    runtime.admission.bind(asyncio.get_running_loop())
     runtime.session = _client_session(runtime.settings)
     yield
     await runtime.session.close()
@@ -63,16 +73,28 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
 async def _handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     assert runtime.session is not None
-    upstream = runtime.upstream
     if is_websocket(request):
-        return await relay_websocket(request, runtime.session, upstream)
-    observer = None if runtime.mode.passthrough else runtime.observer
+        return await relay_websocket(request, runtime.session, runtime.upstream)
+    passthrough = runtime.mode.passthrough
+    generation = False
+    if not passthrough:
+        generation = is_generation(route_label(request.path))
+        await runtime.admission.enter(generation)
+    # Read once, after any wait: a switch that happened meanwhile sends us to the new one.
+    upstream = runtime.upstream
+    by_upstream = runtime.in_flight_by_upstream
+    by_upstream[upstream] = by_upstream.get(upstream, 0) + 1
     runtime.in_flight += 1
     try:
         return await forward(request, settings=runtime.settings, session=runtime.session,
-                             observer=observer, upstream=upstream)
+                             observer=None if passthrough else runtime.observer,
+                             upstream=upstream, run_contexts=runtime.run_contexts,
+                             in_flight=runtime.in_flight)
     finally:
         runtime.in_flight -= 1
+        by_upstream[upstream] -= 1
+        if not passthrough:
+            runtime.admission.leave(generation)
 
 
 def build_proxy_app(runtime: ProxyRuntime) -> web.Application:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -35,7 +35,8 @@ from inferos.proxy.headers import (
 )
 from inferos.proxy.observation import Observation
 from inferos.proxy.observer import Observer
-from inferos.proxy.routes import route_label
+from inferos.proxy.pending_context import PendingContexts, RequestFacts
+from inferos.proxy.routes import is_generation, route_label
 from inferos.proxy.settings import ProxySettings
 
 READ_CHUNK = 64 * 1024
@@ -51,7 +52,8 @@ class _BodyState:
 
 
 async def _request_body(
-    request: web.Request, limit: int, obs: Observation | None, state: _BodyState
+    request: web.Request, limit: int, obs: Observation | None, state: _BodyState,
+    on_done: Callable[[], None] | None,
 ) -> AsyncIterator[bytes]:
     total = 0
     async for chunk in request.content.iter_chunked(READ_CHUNK):
@@ -62,6 +64,15 @@ async def _request_body(
         if obs is not None:
             obs.on_request_chunk(chunk)
         yield chunk
+    if on_done is not None:
+        on_done()
+
+
+def _poster(obs: Observation, queue: PendingContexts, in_flight: int) -> Callable[[], None]:
+    def post() -> None:
+        if not obs.request_truncated:
+            queue.post(RequestFacts(obs.route, bytes(obs.request_body), in_flight))
+    return post
 
 
 def upstream_url(base: str, request: web.Request) -> URL:
@@ -76,18 +87,25 @@ async def forward(
     session: aiohttp.ClientSession,
     observer: Observer | None,
     upstream: str,
+    run_contexts: PendingContexts | None = None,
+    in_flight: int = 1,
 ) -> web.StreamResponse:
-    """Forward ``request``; observe it unless ``observer`` is None (passthrough)."""
+    """Forward ``request``; observe it unless ``observer`` is None (passthrough). When the
+    body of a generation request has been sent, its facts go to ``run_contexts``."""
     obs: Observation | None = None
+    on_done = None
     if observer is not None:
         obs = Observation(request.method, request.path, route_label(request.path),
                           settings.observe_max_bytes)
+        if run_contexts is not None and is_generation(obs.route):
+            on_done = _poster(obs, run_contexts, in_flight)
     headers, request_id = request_headers(request.headers, add_request_id=obs is not None)
     if obs is not None:
         obs.request_id = request_id
 
     try:
-        return await _relay(request, settings, session, upstream, headers, request_id, obs)
+        return await _relay(request, settings, session, upstream, headers, request_id, obs,
+                            on_done)
     finally:
         if obs is not None and observer is not None:
             if obs.ended is None:
@@ -103,6 +121,7 @@ async def _relay(
     headers: object,
     request_id: str | None,
     obs: Observation | None,
+    on_done: Callable[[], None] | None,
 ) -> web.StreamResponse:
     length = request.content_length
     if length is not None and length > settings.max_body_bytes:
@@ -114,7 +133,7 @@ async def _relay(
     body_state = _BodyState()
     data = None
     if request.body_exists:
-        data = _request_body(request, settings.max_body_bytes, obs, body_state)
+        data = _request_body(request, settings.max_body_bytes, obs, body_state, on_done)
 
     try:
         upstream_resp = await session.request(

@@ -63,6 +63,25 @@ def _request_facts(obs: Observation) -> _Request:
     return facts
 
 
+def prompt_text(body: dict[str, Any]) -> str:
+    """The prompt's text (messages, prompt or input), joined: for counting only, never kept."""
+    parts: list[str] = []
+    for key in ("messages", "prompt", "input"):
+        _collect_text(body.get(key), parts)
+    return "\n".join(parts)
+
+
+def _collect_text(value: Any, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            _collect_text(item, out)
+    elif isinstance(value, dict):
+        _collect_text(value.get("content"), out)
+        _collect_text(value.get("text"), out)
+
+
 def _text_chars(value: Any) -> int:
     """Characters of text in a prompt, messages list or content parts (for estimates only)."""
     if isinstance(value, str):
