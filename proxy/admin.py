@@ -6,6 +6,9 @@ its own port, and the proxy must forward those untouched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -14,6 +17,9 @@ from inferos.proxy.app import ProxyRuntime
 
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 PROXY = web.AppKey("proxy", ProxyRuntime)
+# Parts that run beside the proxy (the controller) add their own fields to /v1/health.
+HealthPart = Callable[[], dict[str, Any]]
+HEALTH_PARTS = web.AppKey("health_parts", list[HealthPart])
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -38,13 +44,17 @@ def health_body(runtime: ProxyRuntime) -> dict[str, object]:
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response(health_body(request.app[PROXY]))
+    body = health_body(request.app[PROXY])
+    for part in request.app[HEALTH_PARTS]:
+        body.update(part())
+    return web.json_response(body)
 
 
 def build_admin_app(runtime: ProxyRuntime, registry: CollectorRegistry) -> web.Application:
     app = web.Application()
     app[REGISTRY] = registry
     app[PROXY] = runtime
+    app[HEALTH_PARTS] = []
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/health", health)
     return app

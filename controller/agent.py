@@ -1,0 +1,82 @@
+"""The agent: proxy, controller and (when Infer-OS runs one) the backend, started and
+stopped together. ``inferos serve`` runs one; tests run them in-process.
+
+Start order: the controller's thread first (it starts a managed backend, whose URL the
+proxy needs), then the listeners; stop order is the reverse. The fail-safe's watchdog
+runs on the proxy's event loop, owned by the admin app's cleanup context.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from inferos.controller.actuator import Actuator
+from inferos.controller.agent_api import add_agent_api
+from inferos.controller.controller import Controller, ControllerSettings
+from inferos.controller.policy import Policy
+from inferos.controller.request_stats import RequestStats
+from inferos.controller.run_context import TokenCounter
+from inferos.proxy.app import ProxyRuntime
+from inferos.proxy.pending_context import PendingContexts
+from inferos.proxy.server import ProxyServer
+from inferos.proxy.settings import ProxySettings
+from inferos.tasks import TaskGroup
+
+
+class Agent:
+    def __init__(self, proxy_settings: ProxySettings, policy: Policy,
+                 controller_settings: ControllerSettings, actuator: Actuator | None = None,
+                 *, registry: CollectorRegistry | None = None,
+                 token_counters: dict[str, TokenCounter] | None = None,
+                 **controller_options: object) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.actuator = actuator
+        self.proxy = ProxyServer(proxy_settings, self.registry)
+        runtime = self.proxy.runtime
+        runtime.run_contexts = PendingContexts()
+        if policy.mode == "passthrough":
+            runtime.mode.forced = True
+        elif proxy_settings.passthrough:
+            policy = dataclasses.replace(policy, mode="passthrough")
+        self.stats = RequestStats()
+        self.proxy.observer.subscribe(self.stats.add)
+        self.controller = Controller(runtime, self.registry, policy, controller_settings,
+                                     actuator, stats=self.stats, token_counters=token_counters,
+                                     **controller_options)  # type: ignore[arg-type]
+        add_agent_api(self.proxy.admin_app, self.controller)
+        self.proxy.admin_app.cleanup_ctx.append(self._watchdog)
+
+    async def _watchdog(self, app: web.Application) -> AsyncIterator[None]:
+        tasks = TaskGroup()
+        tasks.start(self.controller.failsafe.watch(), name="failsafe-watchdog")
+        yield
+        await tasks.stop()
+
+    @property
+    def runtime(self) -> ProxyRuntime:
+        return self.proxy.runtime
+
+    async def start(self) -> None:
+        self.controller.start()
+        try:
+            await self.proxy.start()
+        except BaseException:
+            self.controller.stop()
+            raise
+
+    async def stop(self) -> None:
+        await self.proxy.stop()
+        self.controller.stop()
+
+    async def __aenter__(self) -> Agent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()

@@ -1,0 +1,37 @@
+"""Profiles: named policy bundles. The README's table documents what each one sets.
+
+- safe: nothing lossy. Full-precision KV, no eviction, a wide recent window.
+- balanced (default): the seed's thresholds; 8-bit KV where the backend supports it
+  (llama.cpp q8_0 is nearly lossless: +0.005 PPL on an 8B model).
+- aggressive: 4-bit KV, lower thresholds, eviction allowed inside long contexts, a small
+  recent window; for memory-starved machines, at a measured quality cost.
+"""
+
+from __future__ import annotations
+
+from inferos.controller.policy import KvPolicy, LevelThresholds, Policy, QualityPolicy
+
+PROFILE_POLICIES: dict[str, Policy] = {
+    "safe": Policy(
+        profile="safe",
+        quality=QualityPolicy(max_delta_ppl=0.1),
+        kv=KvPolicy(recent_window=256, sink_tokens=4, cache_type="f16", allow_evict=False,
+                    level_thresholds=LevelThresholds(L1_int8=0.9, L2_int4=0.8, L3_evict=0.7)),
+    ),
+    "balanced": Policy(
+        profile="balanced",
+        quality=QualityPolicy(max_delta_ppl=0.5),
+        kv=KvPolicy(recent_window=64, sink_tokens=4, cache_type="q8_0", allow_evict=False,
+                    level_thresholds=LevelThresholds(L1_int8=0.7, L2_int4=0.5, L3_evict=0.3)),
+    ),
+    "aggressive": Policy(
+        profile="aggressive",
+        quality=QualityPolicy(max_delta_ppl=1.0),
+        kv=KvPolicy(recent_window=32, sink_tokens=4, cache_type="q4_0", allow_evict=True,
+                    level_thresholds=LevelThresholds(L1_int8=0.5, L2_int4=0.3, L3_evict=0.15)),
+    ),
+}
+
+
+def profile_policy(name: str) -> Policy:
+    return PROFILE_POLICIES[name]

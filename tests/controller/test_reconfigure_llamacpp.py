@@ -1,0 +1,82 @@
+"""Changing KV types and context through the agent API reaches a real llama.cpp server,
+blue/green, while requests keep flowing: none fails."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from inferos.controller.agent import Agent
+from inferos.controller.backend_child import LLAMACPP_FIELDS, llamacpp_launcher
+from inferos.controller.managed_backend import ManagedBackend
+from tests.backends import smollm2_gguf
+from tests.controller.conftest import controller_settings, initial_settings, policy, proxy_settings
+
+pytestmark = pytest.mark.llamacpp
+
+
+async def _steady_load(url: str, stop: asyncio.Event, results: list[int]) -> None:
+    body = {"model": "smollm2", "max_tokens": 8, "temperature": 0, "stream": True,
+            "messages": [{"role": "user", "content": "Say hello."}]}
+    async with aiohttp.ClientSession() as client:
+        while not stop.is_set():
+            try:
+                async with client.post(url + "/v1/chat/completions", json=body) as resp:
+                    text = await resp.text()
+                    ok = resp.status == 200 and "[DONE]" in text
+                    results.append(200 if ok else resp.status or 599)
+            except aiohttp.ClientError:
+                results.append(599)
+
+
+async def test_policy_change_reaches_the_backend_with_zero_failed_requests(
+    tmp_path: Path,
+) -> None:
+    start_policy = policy("safe")  # f16 KV
+    settings = initial_settings(start_policy, ctx_size=2048)
+    backend = ManagedBackend(llamacpp_launcher(str(smollm2_gguf()), "smollm2"), settings,
+                             relevant_fields=LLAMACPP_FIELDS)
+    agent = Agent(proxy_settings(), start_policy, controller_settings(tmp_path), backend)
+    backend.attach(agent.runtime)
+    async with agent:
+        first = await backend.describe()
+        assert "--type_k" in first["argv"] and first["argv"][first["argv"].index("--type_k") + 1] == "1"
+        stop, results = asyncio.Event(), []
+        load = asyncio.ensure_future(_steady_load(agent.proxy.proxy_url, stop, results))
+        while len(results) < 3:
+            await asyncio.sleep(0.05)
+        async with aiohttp.ClientSession() as client:
+            async with client.post(agent.proxy.admin_url + "/v1/policy", json={
+                    "profile": "balanced", "backend": {"ctx_size": 4096}}) as resp:
+                assert resp.status == 204
+        for _ in range(600):
+            if backend.switches >= 1 and not agent.controller._actuating:
+                break
+            await asyncio.sleep(0.1)
+        before = len(results)
+        while len(results) < before + 3:  # a few more requests on the new backend
+            await asyncio.sleep(0.05)
+        stop.set()
+        await load
+        after = await backend.describe()
+        argv = after["argv"]
+        assert argv[argv.index("--type_k") + 1] == "8" and argv[argv.index("--type_v") + 1] == "8"
+        assert argv[argv.index("--n_ctx") + 1] == "4096"
+        assert argv[argv.index("--flash_attn") + 1] == "true"
+        assert after["pid"] != first["pid"]
+        assert results and all(code == 200 for code in results), results
+        async with aiohttp.ClientSession() as client:
+            async with client.get(agent.proxy.admin_url + "/v1/health") as resp:
+                health = await resp.json()
+        assert health["status"] == "ok"
+        assert health["backend_settings"]["cache_type_k"] == "q8_0"
+    events = [json.loads(line) for f in (tmp_path / "logs").glob("events_*.jsonl")
+              for line in f.read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert "policy" in kinds and "decision" in kinds and "reconfigured" in kinds
+    print(f"\nrequests during the switch: {len(results)}, failed: "
+          f"{sum(1 for r in results if r != 200)}")
