@@ -13,10 +13,15 @@ import pytest
 from inferos.controller.agent import Agent
 from inferos.controller.backend_child import LLAMACPP_FIELDS, llamacpp_launcher
 from inferos.controller.managed_backend import ManagedBackend
+from inferos.tasks import TaskGroup
 from tests.backends import smollm2_gguf
 from tests.controller.conftest import controller_settings, initial_settings, policy, proxy_settings
 
 pytestmark = pytest.mark.llamacpp
+
+
+def _arg(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
 
 
 async def _steady_load(url: str, stop: asyncio.Event, results: list[int]) -> None:
@@ -44,9 +49,10 @@ async def test_policy_change_reaches_the_backend_with_zero_failed_requests(
     backend.attach(agent.runtime)
     async with agent:
         first = await backend.describe()
-        assert "--type_k" in first["argv"] and first["argv"][first["argv"].index("--type_k") + 1] == "1"
+        assert _arg(first["argv"], "--type_k") == "1"  # f16
         stop, results = asyncio.Event(), []
-        load = asyncio.ensure_future(_steady_load(agent.proxy.proxy_url, stop, results))
+        tasks = TaskGroup()
+        tasks.start(_steady_load(agent.proxy.proxy_url, stop, results), name="steady-load")
         while len(results) < 3:
             await asyncio.sleep(0.05)
         async with aiohttp.ClientSession() as client:
@@ -61,12 +67,13 @@ async def test_policy_change_reaches_the_backend_with_zero_failed_requests(
         while len(results) < before + 3:  # a few more requests on the new backend
             await asyncio.sleep(0.05)
         stop.set()
-        await load
+        while len(tasks):
+            await asyncio.sleep(0.05)
         after = await backend.describe()
         argv = after["argv"]
-        assert argv[argv.index("--type_k") + 1] == "8" and argv[argv.index("--type_v") + 1] == "8"
-        assert argv[argv.index("--n_ctx") + 1] == "4096"
-        assert argv[argv.index("--flash_attn") + 1] == "true"
+        assert _arg(argv, "--type_k") == "8" and _arg(argv, "--type_v") == "8"  # q8_0
+        assert _arg(argv, "--n_ctx") == "4096"
+        assert _arg(argv, "--flash_attn") == "true"
         assert after["pid"] != first["pid"]
         assert results and all(code == 200 for code in results), results
         async with aiohttp.ClientSession() as client:
