@@ -68,9 +68,17 @@ class FailSafe:
         self.trip_latency.observe(self.last_trip_latency_s)
         log.error("fail-safe: passthrough (%s), %.1f ms after the fault", reason,
                   self.last_trip_latency_s * 1000)
-        if self._on_event is not None:
-            self._on_event("failover", reason=reason, kind=kind,
-                           fault_to_passthrough_ms=round(self.last_trip_latency_s * 1000, 3))
+        self._emit("failover", reason=reason, cause=kind,
+                   fault_to_passthrough_ms=round(self.last_trip_latency_s * 1000, 3))
+
+    def _emit(self, kind: str, **fields: object) -> None:
+        # Passthrough is already in force; failing to record it must not undo anything.
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(kind, **fields)
+        except Exception:
+            log.exception("could not record the %s event", kind)
 
     def check(self) -> None:
         """One watchdog tick (data-plane loop)."""
@@ -84,8 +92,7 @@ class FailSafe:
             reason = self.mode.failsafe_reason
             self.mode.clear()
             log.warning("fail-safe: controller healthy again; leaving passthrough")
-            if self._on_event is not None:
-                self._on_event("recovered", after=reason)
+            self._emit("recovered", after=reason)
 
     async def watch(self) -> None:
         while True:
