@@ -3,11 +3,13 @@ then CLI flags, into one frozen value, all or nothing.
 
 Every key is declared in ``SCHEMA`` with its type and default. An unknown key, a wrong type
 or a bad value raises ``ConfigError`` naming the key (``upstream.idle_timeout_s``) and, for
-the YAML file, its line.
+the YAML file, its line. The seed's ``infer_os:`` section becomes the starting ``Policy``
+(its profile, then the keys given); ``profiles:`` adjusts the named bundles.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,6 +18,9 @@ from typing import Any
 
 import yaml
 
+from inferos.controller.controller import ControllerSettings
+from inferos.controller.failsafe import FailsafeSettings
+from inferos.controller.policy import Policy
 from inferos.errors import ConfigError
 from inferos.proxy import settings as proxy_defaults
 from inferos.proxy.settings import HostPort, ProxySettings, normalize_upstream
@@ -96,8 +101,78 @@ SCHEMA: dict[str, Key] = {
     "upstream.max_body_bytes": Key(byte_size, proxy_defaults.DEFAULT_MAX_BODY_BYTES),
     "passthrough": Key(_bool, False),
 }
-# Sections owned by later parts of the control plane; accepted as mappings until then.
-OPEN_SECTIONS = ("infer_os", "engine", "profiles")
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {value!r}")
+    if isinstance(value, str):
+        value = value.strip()
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    return number
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ValueError(f"expected a string, got {value!r}")
+    return str(value)
+
+
+def _policy_keys() -> dict[str, Key]:
+    """One key per leaf of ``Policy``; None = keep what the profile sets."""
+    from inferos.controller.policy import Policy
+
+    keys: dict[str, Key] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            path = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(value, path + ".")
+            elif path.endswith("_bytes"):
+                keys[path] = Key(byte_size, None)
+            elif isinstance(value, bool):
+                keys[path] = Key(_bool, None)
+            elif isinstance(value, int) or path in ("infer_os.backend.ctx_size",
+                                                    "infer_os.backend.threads"):
+                keys[path] = Key(_int, None)
+            elif isinstance(value, float):
+                keys[path] = Key(_float, None)
+            else:
+                keys[path] = Key(_str, None)
+
+    walk(Policy(), "infer_os.")
+    return keys
+
+
+SCHEMA.update(_policy_keys())
+SCHEMA.update({
+    "infer_os.loops.fast_ms": Key(_positive_float, 1.0),
+    "infer_os.loops.mid_ms": Key(_positive_float, 10.0),
+    "infer_os.loops.slow_ms": Key(_positive_float, 100.0),
+    "infer_os.telemetry.push_interval_ms": Key(_positive_float, 1000.0),
+    "infer_os.telemetry.dir": Key(_str, "logs"),
+    "infer_os.failsafe.stale_after_ms": Key(_positive_float, 80.0),
+    "infer_os.failsafe.recover_after_s": Key(_positive_float, 5.0),
+    "infer_os.decisions.every_s": Key(_positive_float, 10.0),
+    "infer_os.decisions.cooldown_s": Key(_positive_float_or_none, 30.0),
+    # The backend Infer-OS runs itself when no upstream is given: the embedded engine on a
+    # prepared model, or llama.cpp's server on a GGUF file.
+    "engine.backend": Key(_str, "engine"),
+    "engine.model": Key(_str, None, ("INFEROS_MODEL",)),
+    "engine.precision": Key(_str, "int8"),
+})
+# Sections read whole: named adjustments to the profiles.
+OPEN_SECTIONS = ("profiles",)
 
 
 def env_name(path: str) -> str:
@@ -108,9 +183,27 @@ def env_name(path: str) -> str:
 class Config:
     values: Mapping[str, Any]
     sections: Mapping[str, Any]
+    start_policy: Policy
+    profiles: Mapping[str, Policy]
 
     def get(self, path: str) -> Any:
         return self.values[path]
+
+    def policy(self) -> Policy:
+        return self.start_policy
+
+    def controller_settings(self) -> ControllerSettings:
+        v = self.values
+        cooldown = v["infer_os.decisions.cooldown_s"]
+        return ControllerSettings(
+            fast_s=v["infer_os.loops.fast_ms"] / 1000, mid_s=v["infer_os.loops.mid_ms"] / 1000,
+            slow_s=v["infer_os.loops.slow_ms"] / 1000,
+            telemetry_s=v["infer_os.telemetry.push_interval_ms"] / 1000,
+            telemetry_dir=Path(v["infer_os.telemetry.dir"]),
+            decide_every_s=v["infer_os.decisions.every_s"],
+            reconfigure_cooldown_s=0.0 if cooldown is None else cooldown,
+            failsafe=FailsafeSettings(stale_after_s=v["infer_os.failsafe.stale_after_ms"] / 1000,
+                                      recover_after_s=v["infer_os.failsafe.recover_after_s"]))
 
     def proxy_settings(self, upstream: str) -> ProxySettings:
         return ProxySettings(
@@ -192,4 +285,63 @@ def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
             raise ConfigError(exc.reason, key=key, line=line) from exc
         except (TypeError, ValueError) as exc:
             raise ConfigError(str(exc), key=key, line=line) from exc
-    return Config(values=values, sections=sections)
+    profiles = _build_profiles(sections)
+    return Config(values=values, sections=sections, profiles=profiles,
+                  start_policy=_build_policy(values, profiles, raw))
+
+
+def _line(raw: Mapping[str, tuple[Any, int | None]], key: str) -> int | None:
+    best = None
+    for path, (_, line) in raw.items():
+        if path == key or path.startswith(key + "."):
+            best = line if best is None else min(best, line or best)
+    return best
+
+
+def _nest(flat: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        if value is None or not path.startswith(prefix):
+            continue
+        node = out
+        *parents, leaf = path[len(prefix):].split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def _build_profiles(sections: Mapping[str, Any]) -> dict[str, Policy]:
+    from inferos.controller.policy import apply_patch
+    from inferos.controller.profiles import PROFILE_POLICIES
+
+    changes = sections.get("profiles") or {}
+    if not isinstance(changes, dict):
+        raise ConfigError("expected a mapping of profile names", key="profiles")
+    profiles = dict(PROFILE_POLICIES)
+    for name, patch in changes.items():
+        if name not in PROFILE_POLICIES:
+            raise ConfigError("unknown profile", key=f"profiles.{name}")
+        try:
+            profiles[name] = apply_patch(PROFILE_POLICIES[name], patch)
+        except ConfigError as exc:
+            raise ConfigError(exc.reason, key=f"profiles.{name}.{exc.key}") from exc
+    return profiles
+
+
+def _build_policy(values: Mapping[str, Any], profiles: Mapping[str, Policy],
+                  raw: Mapping[str, tuple[Any, int | None]]) -> Policy:
+    from inferos.controller.policy import apply_patch
+
+    name = values["infer_os.profile"] or "balanced"
+    patch = _nest({k: v for k, v in values.items() if k.count(".") >= 2
+                   or k in ("infer_os.mode",)}, "infer_os.")
+    for section in ("loops", "telemetry", "failsafe", "decisions"):
+        patch.pop(section, None)
+    try:
+        if name not in profiles:
+            raise ConfigError(f"must be one of {', '.join(profiles)}", key="profile")
+        return apply_patch(profiles[name], patch, profiles)
+    except ConfigError as exc:
+        key = f"infer_os.{exc.key}"
+        raise ConfigError(exc.reason, key=key, line=_line(raw, key)) from exc

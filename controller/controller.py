@@ -13,7 +13,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,13 +62,15 @@ class Controller:
                  *, stats: RequestStats | None = None,
                  token_counters: dict[str, TokenCounter] | None = None,
                  decide_fn: DecideFn = decide,
-                 sampler: Callable[[], SystemSample] | None = None) -> None:
+                 sampler: Callable[[], SystemSample] | None = None,
+                 profiles: Mapping[str, Policy] | None = None) -> None:
         self.runtime = runtime
         self.settings = settings
         self.actuator = actuator
         self.stats = stats or RequestStats()
         self.token_counters = token_counters or {}
         self.decide_fn = decide_fn
+        self.profiles = profiles
         self.sample_fn = sampler or SystemSampler().sample
         self.metrics = ControllerMetrics(registry)
         self.telemetry = Telemetry(settings.telemetry_dir)
@@ -162,7 +164,7 @@ class Controller:
         """All-or-nothing: raises ConfigError naming the field, or publishes a snapshot."""
         with self._lock:
             current = self.snapshots.current
-            policy = apply_patch(current.policy, patch)
+            policy = apply_patch(current.policy, patch, self.profiles)
             snapshot = self.snapshots.publish(policy, current.backend, "policy changed by API")
             self.runtime.mode.forced = policy.mode == "passthrough"
             self.metrics.policy_version.set(snapshot.version)

@@ -8,6 +8,7 @@ naming the offending field (``kv.level_thresholds.L1_int8``); nothing is half-ap
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,16 +160,18 @@ def validate(policy: Policy) -> Policy:
     return policy
 
 
-def apply_patch(policy: Policy, patch: Any) -> Policy:
-    """A new policy with ``patch`` applied (a profile first, then explicit fields)."""
-    from inferos.controller.profiles import profile_policy
+def apply_patch(policy: Policy, patch: Any,
+                profiles: Mapping[str, Policy] | None = None) -> Policy:
+    """A new policy with ``patch`` applied (a profile first, then explicit fields).
+    ``profiles`` are the named bundles in use (the built-ins, as adjusted by the config)."""
+    from inferos.controller.profiles import PROFILE_POLICIES
 
     if not isinstance(patch, dict):
         raise ConfigError("expected a JSON object", key="(body)")
+    bundles = PROFILE_POLICIES if profiles is None else profiles
     base = policy
     if "profile" in patch:
         name = _check_choice(patch["profile"], PROFILES, "profile")
-        base = dataclasses.replace(profile_policy(name), mode=policy.mode,
-                                   backend=policy.backend)
+        base = dataclasses.replace(bundles[name], mode=policy.mode, backend=policy.backend)
     rest = {k: v for k, v in patch.items() if k != "profile"}
     return validate(_patch(base, rest, ""))

@@ -34,7 +34,7 @@ infer_os:
     assert config.get("upstream.url") == "http://127.0.0.1:13305"
     assert config.get("upstream.idle_timeout_s") == 45.0
     assert config.get("upstream.max_body_bytes") == 1024 * 1024
-    assert config.sections["infer_os"] == {"kv": {"recent_window": 64}}
+    assert config.policy().kv.recent_window == 64
     settings = config.proxy_settings("http://x:1")
     assert settings.idle_timeout_s == 45.0 and settings.listen.port == 9200
 
@@ -78,3 +78,57 @@ def test_bad_environment_override_names_the_key() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, env={"INFEROS_UPSTREAM_CONNECT_TIMEOUT_S": "-1"})
     assert info.value.key == "upstream.connect_timeout_s"
+
+
+SEED = """
+infer_os:
+  quality: {max_delta_ppl: 0.5, min_accept_rate: 0.5}
+  kv: {recent_window: 64, sink_tokens: 4,
+       level_thresholds: {L1_int8: 0.7, L2_int4: 0.5, L3_evict: 0.3}}
+  io: {enable_iobinding: true, dml_pool_bytes: 2048MiB, host_pool_bytes: 4096MiB}
+  scheduler: {mode: hybrid, prefill_device: dml, decode_device: npu}
+  loops: {fast_ms: 1, mid_ms: 10, slow_ms: 100}
+  telemetry: {push_interval_ms: 1000, dir: logs}
+"""
+
+
+def test_the_seeds_schema_loads_into_policy_and_controller_settings(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, SEED + "  profile: aggressive\n"), env={})
+    policy = config.policy()
+    assert policy.profile == "aggressive" and policy.kv.cache_type == "q4_0"
+    assert policy.kv.recent_window == 64  # the file's value over the profile's 32
+    assert policy.io.host_pool_bytes == 4096 * 2**20
+    assert policy.scheduler.decode_device == "npu"
+    settings = config.controller_settings()
+    assert (settings.fast_s, settings.mid_s, settings.slow_s) == (0.001, 0.01, 0.1)
+    assert settings.telemetry_s == 1.0 and str(settings.telemetry_dir) == "logs"
+
+
+def test_policy_errors_in_the_file_name_the_key_and_line(tmp_path: Path) -> None:
+    text = "infer_os:\n  kv:\n    level_thresholds: {L1_int8: 0.1}\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text), env={})
+    assert info.value.key == "infer_os.kv.level_thresholds" and info.value.line == 3
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, "infer_os:\n  scheduler: {mode: warp}\n"), env={})
+    assert info.value.key == "infer_os.scheduler.mode" and info.value.line == 2
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"INFEROS_INFER_OS_KV_RECENT_WINDOW": "lots"})
+    assert info.value.key == "infer_os.kv.recent_window"
+
+
+def test_environment_overrides_reach_the_policy() -> None:
+    config = load_config(None, env={"INFEROS_INFER_OS_KV_RECENT_WINDOW": "128",
+                                    "INFEROS_INFER_OS_PROFILE": "safe"})
+    assert config.policy().kv.recent_window == 128 and config.policy().profile == "safe"
+
+
+def test_profiles_section_adjusts_a_bundle_and_rejects_unknown_ones(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, "profiles:\n  safe: {kv: {recent_window: 512}}\n"
+                                          "infer_os: {profile: safe}\n"), env={})
+    assert config.policy().kv.recent_window == 512
+    assert config.profiles["safe"].kv.recent_window == 512
+    assert load_config(None, env={}).profiles["safe"].kv.recent_window == 256  # built-in kept
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, "profiles:\n  turbo: {}\n"), env={})
+    assert info.value.key == "profiles.turbo"
