@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from prometheus_client import CollectorRegistry
 
+from inferos.controller import backend_stats
 from inferos.controller.actuator import Actuator, ActuatorError
 from inferos.controller.controller_metrics import ControllerMetrics
 from inferos.controller.decisions import KV_DELTA_PPL, Decision, Observed, decide
@@ -36,6 +38,7 @@ from inferos.proxy.app import ProxyRuntime
 from inferos.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
+BACKEND_STATS_EVERY_S = 1.0
 DecideFn = Callable[[BackendSettings, Policy, Observed], Decision]
 
 
@@ -87,6 +90,8 @@ class Controller:
         self._last_reconfigure = float("-inf")
         self._actuating = False
         self._normal_since: float | None = None
+        self._last_backend_stats = float("-inf")
+        self._http: httpx.AsyncClient | None = None
         self._lock = threading.Lock()  # serializes policy changes from API callers
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -144,6 +149,8 @@ class Controller:
         ready.set()
         await self._stopping.wait()
         await self._tasks.stop()
+        if self._http is not None:
+            await self._http.aclose()
         if self.actuator is not None:
             await self.actuator.close()
 
@@ -198,6 +205,13 @@ class Controller:
     async def _slow(self) -> None:
         sample = await asyncio.to_thread(self.sample_fn)
         self.last_sample = sample
+        now = time.monotonic()
+        if now - self._last_backend_stats >= BACKEND_STATS_EVERY_S:
+            self._last_backend_stats = now
+            if self._http is None:
+                self._http = httpx.AsyncClient()
+            self.metrics.backend.latest = await backend_stats.fetch(self._http,
+                                                                     self.runtime.upstream)
         self._shed(sample)
         await self._watch_backend()
         now = time.monotonic()
@@ -307,13 +321,14 @@ class Controller:
         last = self.contexts[-1] if self.contexts else None
         sample = self.last_sample
         backend = self.snapshots.current.backend
+        kv = self.metrics.backend.latest.kv_tokens
         return {
             "t": time.time(), "model": last.model if last else None,
             "seq_len": last.seq_len if last else None, "batch": self.runtime.in_flight,
             "tps": overall.tps, "ftl": overall.ttft_p50_ms, "p95": overall.ttft_p95_ms,
             "vram": None, "host_mem": round(sample.host_mem_used_gb, 3) if sample else None,
             "npu_util": None, "igpu_util": None,
-            "kv_L0": None, "kv_L1": None, "kv_L2": None, "kv_L3": None,
+            **{f"kv_{level}": kv.get(level) for level in backend_stats.LEVELS},
             "delta_ppl_est": KV_DELTA_PPL.get(backend.cache_type_k),
         }
 
@@ -323,7 +338,7 @@ class Controller:
         return {
             "tps": f["tps"], "ftl_ms": f["ftl"], "p95_ms": f["p95"],
             "mem": {"vram_gb": None, "host_gb": f["host_mem"],
-                    "kv_levels": {"L0": None, "L1": None, "L2": None, "L3": None}},
+                    "kv_levels": {level: f[f"kv_{level}"] for level in backend_stats.LEVELS}},
             "util": {"npu": None, "igpu": None, "cpu": sample.cpu_percent if sample else None},
             "quality": {"delta_ppl_est": f["delta_ppl_est"], "spec_accept": None},
         }

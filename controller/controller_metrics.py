@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from inferos.controller.backend_stats import BackendStatsCollector
 from inferos.controller.loops import JITTER_BUCKETS
 
 
@@ -33,6 +34,5 @@ class ControllerMetrics:
                                       registry=registry)
         self.ctx_size = Gauge("inferos_backend_ctx_size", "Context size in effect",
                               registry=registry)
-        self.kv_levels = Gauge("inferos_kv_level_tokens",
-                               "KV-cache tokens per level (L0 fp, L1 int8, L2 int4, L3 evicted)",
-                               ("level",), registry=registry)
+        self.backend = BackendStatsCollector()
+        registry.register(self.backend)
