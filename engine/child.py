@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import AsyncIterator
 from types import TracebackType
 
 import httpx
@@ -58,6 +59,10 @@ class EngineChild:
         self.ctx_size = ctx_size
         self.extra_args = extra_args
         self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
 
     @property
     def url(self) -> str:
@@ -121,3 +126,21 @@ class EngineChild:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.stop()
+
+
+def _progress(message: str) -> None:
+    print(f"inferos: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.asynccontextmanager
+async def embedded_engine(model: str | None = None) -> AsyncIterator[EngineChild]:
+    """``inferos serve``'s embedded default: prepares ``model`` if needed (progress on
+    stderr), runs the engine child on it until the block ends."""
+    from inferos.engine.prepare import ensure_prepared
+    from inferos.engine.prepared_models import DEFAULT_MODEL
+
+    name = model or DEFAULT_MODEL
+    await asyncio.to_thread(ensure_prepared, name, progress=_progress)
+    async with EngineChild(model=name) as child:
+        _progress(f"embedded engine on {child.url} (pid {child.pid})")
+        yield child

@@ -287,8 +287,12 @@ async def stats(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     body = engine.stats.as_dict()
     state = engine.slot.state
-    body["engine"] = state.model.stats() if state is not None else None
     body["loads"] = engine.slot.loads
+    if state is not None:
+        # The core's own accounting (KV pool, bytes copied, later kv_levels/prefix_cache,
+        # which the controller reads) sits beside Lemonade's fields, never over them.
+        for key, value in state.model.stats().items():
+            body.setdefault(key, value)
     return web.json_response(body)
 
 
