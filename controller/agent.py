@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from inferos.controller.actuator import Actuator
 from inferos.controller.agent_api import add_agent_api
@@ -35,6 +35,8 @@ class Agent:
                  token_counters: dict[str, TokenCounter] | None = None,
                  **controller_options: object) -> None:
         self.registry = registry or CollectorRegistry()
+        if registry is None:
+            ProcessCollector(registry=self.registry)
         self.actuator = actuator
         self.proxy = ProxyServer(proxy_settings, self.registry)
         runtime = self.proxy.runtime

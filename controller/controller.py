@@ -345,7 +345,11 @@ class Controller:
 
     def health(self) -> dict[str, Any]:
         snapshot = self.snapshots.current
+        minute = self.stats.overall(60.0)
         return {
+            "last_minute": {"requests": minute.requests, "errors": minute.errors,
+                            "ttft_p50_ms": minute.ttft_p50_ms, "ttft_p95_ms": minute.ttft_p95_ms,
+                            "tps": minute.tps},
             "policy_version": snapshot.version,
             "policy": snapshot.policy.to_dict(),
             "backend_settings": _public(snapshot.backend),

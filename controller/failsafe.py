@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from inferos.proxy.mode import ProxyMode
 
 log = logging.getLogger(__name__)
+TRIP_REASONS = ("exception", "stale", "snapshot", "actuator", "backend")
 TRIP_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -46,6 +47,8 @@ class FailSafe:
         self._on_event = on_event
         self.failovers = Counter("inferos_failovers", "Fail-safe trips to passthrough",
                                  ("reason",), registry=registry)
+        for reason in TRIP_REASONS:  # exported as 0 from the start, so rates are defined
+            self.failovers.labels(reason)
         self.trip_latency = Histogram(
             "inferos_failsafe_trip_latency_seconds", "Time from a fault to passthrough",
             registry=registry, buckets=TRIP_BUCKETS)

@@ -8,10 +8,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from inferos.commands import serve
+from inferos.commands import serve, service, status
 from inferos.errors import ConfigError, InferOSError
 
-COMMANDS = (serve,)
+COMMANDS = (serve, status, service)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ import socket
 from types import TracebackType
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from inferos.proxy.admin import build_admin_app
 from inferos.proxy.app import ProxyRuntime, build_proxy_app
@@ -31,6 +31,9 @@ class ProxyServer:
     def __init__(self, settings: ProxySettings, registry: CollectorRegistry | None = None):
         self.settings = settings
         self.registry = registry or CollectorRegistry()
+        if registry is None:
+            # process_resident_memory_bytes & co., on our registry rather than the global one
+            ProcessCollector(registry=self.registry)
         self.mode = ProxyMode(forced=settings.passthrough)
         self.observer = Observer()
         self.runtime = ProxyRuntime(settings=settings, mode=self.mode, observer=self.observer)

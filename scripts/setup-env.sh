@@ -44,3 +44,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   fi
   echo "$want" > "$stamp"
 fi
+
+# Debian's Prometheus (and promtool), for the operations tests; its service is never used:
+# the tests start the binary themselves on a free port.
+if [ "$what" = test ] && ! command -v prometheus >/dev/null 2>&1; then
+  echo "setup: installing Debian's prometheus" >&2
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus >/dev/null
+fi
