@@ -29,7 +29,9 @@ vectorised over that array. INT4 packs two codes per byte: element ``2j`` in the
 nibble, ``2j + 1`` in the high nibble.
 
 Metadata is float16 (as llama.cpp's q4_1/q8_1 and KIVI store it) when the tensor's
-magnitudes allow it, float32 otherwise; either way it is counted in ``nbytes``.
+magnitudes allow it and every constant group's value is a float16, float32 otherwise
+(inputs are float16 or float32, so a float32 zero-point holds any constant exactly);
+either way it is counted in ``nbytes``.
 """
 
 from __future__ import annotations
@@ -182,6 +184,19 @@ def _round_to(values: np.ndarray, dtype: np.dtype, direction: float) -> np.ndarr
     return cast
 
 
+def _meta_dtype(lo: np.ndarray, hi: np.ndarray) -> np.dtype:
+    """float16 unless it would overflow or make a constant group inexact."""
+    peak = max(float(np.abs(lo).max()), float(np.abs(hi).max()))
+    if peak > _F16_META_LIMIT:
+        return np.dtype(np.float32)
+    # A constant group is stored as scale 0 and zero = its value: exact only if the
+    # value itself is a float16. (All-zero groups always are.)
+    constant = lo[hi == lo]
+    if (constant.astype(np.float16).astype(np.float64) != constant).any():
+        return np.dtype(np.float32)
+    return np.dtype(np.float16)
+
+
 def quantize(
     x: npt.ArrayLike,
     fmt: QuantFormat,
@@ -198,8 +213,7 @@ def quantize(
     blocks = _to_blocks(arr, axis, group_size).astype(np.float64)
     lo = blocks.min(axis=1)
     hi = blocks.max(axis=1)
-    peak = max(float(np.abs(lo).max()), float(np.abs(hi).max()))
-    meta_dtype = np.dtype(np.float16 if peak <= _F16_META_LIMIT else np.float32)
+    meta_dtype = _meta_dtype(lo, hi)
     zero = _round_to(lo, meta_dtype, -1.0)
     zero64 = zero.astype(np.float64)
     scale = _round_to((hi - zero64) / fmt.max_code, meta_dtype, +1.0)
