@@ -40,3 +40,21 @@ def engine_process(log_dir: Path, *args: str) -> Iterator[RunningServer]:
         yield RunningServer(url, process, log_path)
     finally:
         stop(process)
+
+
+def sse_events(lines: Iterator[str]) -> list[dict | str]:
+    """The ``data:`` payloads of an SSE stream, JSON-decoded except the final ``[DONE]``."""
+    import json
+
+    events: list[dict | str] = []
+    for line in lines:
+        if line.startswith("data: "):
+            payload = line[len("data: "):]
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+def kv_buffers_in_use(stats: dict) -> int:
+    """KV buffers taken from the core's pool and not yet returned, as ``GET stats`` shows
+    the core's own accounting."""
+    return int(stats["kv_pool"]["in_use"])
