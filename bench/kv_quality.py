@@ -19,8 +19,10 @@ Settings:
   evict N%          N% of the past's unprotected 32-token blocks removed, lowest
                     importance first (mean over layers), the rest exact. The ONNX graph
                     reads only the attention mask's sum, so evicted tokens must be cut
-                    out of the past: later tokens then sit at shifted rotary positions,
-                    which is what eviction costs on this graph.
+                    out of the past and the next token sits at the compacted length.
+                    "keys re-rotated" moves every kept key to its compacted position
+                    (kvstore/rotary.py); "old positions" leaves their phases as they were,
+                    to show why that is needed.
 
 KV bytes are for the final 2,048-token past in each setting, metadata included, against
 the same past held in FP16.
@@ -54,6 +56,7 @@ from inferos.kvstore.quantize import (  # noqa: E402
     QuantFormat,
     round_trip,
 )
+from inferos.kvstore.rotary import compacted_shift, rotate_keys  # noqa: E402
 from inferos.kvstore.store import KvStore, KvStoreConfig  # noqa: E402
 
 DEFAULT_TEXTS = ("/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/Apache-2.0")
@@ -184,7 +187,7 @@ def block_importance(keys: list[np.ndarray], ranges: list[tuple[int, int]], rece
     return score / len(keys)
 
 
-def evicting(fraction: float, sinks: int, recent: int
+def evicting(fraction: float, sinks: int, recent: int, rope_base: float | None
              ) -> Callable[[Past, np.ndarray], tuple[Past, int]]:
     def transform(past: Past, ids: np.ndarray) -> tuple[Past, int]:
         keys, values = past
@@ -198,8 +201,21 @@ def evicting(fraction: float, sinks: int, recent: int
             for i in order[:n_evict]:
                 a, b = ranges[i]
                 keep[a:b] = False
-        out = ([k[:, keep] for k in keys], [v[:, keep] for v in values])
+        kept_keys = [k[:, keep] for k in keys]
+        if rope_base is not None and n_evict:
+            shift = compacted_shift(keep)
+            kept_keys = [rotate_keys(k, shift, rope_base) for k in kept_keys]
+        out = (kept_keys, [v[:, keep] for v in values])
         return out, kv_bytes(SHAPE[0], int(keep.sum()), Level.L0, exact_itemsize=2)
+    return transform
+
+
+def then(first: Callable[[Past, np.ndarray], tuple[Past, int]],
+         second: Callable[[Past, np.ndarray], tuple[Past, int]]
+         ) -> Callable[[Past, np.ndarray], tuple[Past, int]]:
+    """Evict, then quantize what is left (bytes are the second step's)."""
+    def transform(past: Past, ids: np.ndarray) -> tuple[Past, int]:
+        return second(first(past, ids)[0], ids)
     return transform
 
 
@@ -236,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recent", type=int, default=64)
     ap.add_argument("--evict", type=float, nargs="*", default=[0.25, 0.5])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rope-base", type=float, default=100000.0,
+                    help="rotary base of the model (SmolLM2: 100000), to re-rotate kept keys")
     args = ap.parse_args(argv)
 
     folder = resolve_folder(args.model, args.model_dir)
@@ -254,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         "mixed (decide_level)": mixed(g, s, r),
     }
     for f in args.evict:
-        settings[f"evict {f:.0%} (rest exact)"] = evicting(f, s, r)
+        settings[f"evict {f:.0%}, keys re-rotated"] = evicting(f, s, r, args.rope_base)
+        settings[f"evict {f:.0%}, old positions"] = evicting(f, s, r, None)
+        settings[f"evict {f:.0%} + int4, re-rotated"] = then(
+            evicting(f, s, r, args.rope_base), quantized(INT4, g, s, r))
     scores = {name: Score() for name in ["fp32 KV (reference)", *settings]}
 
     print(f"model {folder} ({model.shape}), {args.tokens} tokens of {', '.join(args.text)}")
@@ -300,12 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scored tokens: {scores['fp32 KV (reference)'].n} (after the first segment); "
           f"KV bytes for the last past ({args.tokens - args.segment} tokens), FP16 = "
           f"{fp16_final:,} B")
-    print(f"| {'setting':28} | {'PPL':>8} | {'dPPL':>7} | {'KL mean':>8} | {'KL max':>7} "
+    print(f"| {'setting':32} | {'PPL':>8} | {'dPPL':>7} | {'KL mean':>8} | {'KL max':>7} "
           f"| {'KV bytes':>12} | {'vs FP16':>7} |")
-    print(f"|{'-' * 30}|{'-' * 10}|{'-' * 9}|{'-' * 10}|{'-' * 9}|{'-' * 14}|{'-' * 9}|")
+    print(f"|{'-' * 34}|{'-' * 10}|{'-' * 9}|{'-' * 10}|{'-' * 9}|{'-' * 14}|{'-' * 9}|")
     for name, sc in scores.items():
         ppl = float(np.exp(sc.nll / sc.n))
-        print(f"| {name:28} | {ppl:8.3f} | {ppl - ref_ppl:+7.3f} | {sc.kl / sc.n:8.5f} "
+        print(f"| {name:32} | {ppl:8.3f} | {ppl - ref_ppl:+7.3f} | {sc.kl / sc.n:8.5f} "
               f"| {sc.kl_max:7.4f} | {sc.nbytes:12,} | {sc.nbytes / fp16_final:7.3f} |")
     if LEVELS_SEEN:
         print("mixed, chunks per level at the last segment:",
