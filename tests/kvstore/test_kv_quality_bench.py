@@ -32,7 +32,7 @@ def test_harness_runs_and_orders_settings() -> None:
     folder = prepared_model()
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "kv_quality.py"), "--model-dir", str(folder),
-         "--tokens", "256", "--evict", "0.5", "--threads", "1"],
+         "--tokens", "512", "--evict", "0.5", "--threads", "1"],
         capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stderr
     ref_ppl, ref_d, ref_kl, *_ = _row(run.stdout, "fp32 KV (reference)")
