@@ -161,7 +161,7 @@ SCHEMA.update({
     "infer_os.loops.slow_ms": Key(_positive_float, 100.0),
     "infer_os.telemetry.push_interval_ms": Key(_positive_float, 1000.0),
     "infer_os.telemetry.dir": Key(_str, "logs"),
-    "infer_os.failsafe.stale_after_ms": Key(_positive_float, 80.0),
+    "infer_os.failsafe.stale_after_ms": Key(_positive_float, 250.0),
     "infer_os.failsafe.recover_after_s": Key(_positive_float, 5.0),
     "infer_os.decisions.every_s": Key(_positive_float, 10.0),
     "infer_os.decisions.cooldown_s": Key(_positive_float_or_none, 30.0),

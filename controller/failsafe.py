@@ -28,9 +28,10 @@ TRIP_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 
 @dataclass(frozen=True, slots=True)
 class FailsafeSettings:
-    # The seed allows 1 s; the target is 100 ms from fault to passthrough. A hang is dated
-    # from the last heartbeat, so this bound is most of that time.
-    stale_after_s: float = 0.08
+    # The seed allows 1 s. A hang is dated from the last heartbeat, so this bound is most of
+    # the hang-to-passthrough time; 80 ms met the 100 ms target but tripped falsely when a
+    # loaded two-core machine starved the controller's thread for ~95 ms (seen in CI).
+    stale_after_s: float = 0.25
     watch_period_s: float = 0.02
     recover_after_s: float = 5.0
 

@@ -17,10 +17,14 @@ def proxy_settings(upstream: str = "") -> ProxySettings:
 
 def controller_settings(tmp_path: Path, **overrides: object) -> ControllerSettings:
     values: dict[str, object] = {"telemetry_dir": tmp_path / "logs",
-                                 "reconfigure_cooldown_s": 0.0, "recover_after_s": 1.0}
+                                 "reconfigure_cooldown_s": 0.0, "recover_after_s": 1.0,
+                                 "stale_after_s": 1.0}
     values.update(overrides)
     from inferos.controller.failsafe import FailsafeSettings
-    failsafe = FailsafeSettings(recover_after_s=float(values.pop("recover_after_s")))  # type: ignore[arg-type]
+    # Tests share two cores with a model server: a generous staleness bound keeps a busy
+    # machine from tripping the fail-safe in tests that are not about it.
+    failsafe = FailsafeSettings(recover_after_s=float(values.pop("recover_after_s")),  # type: ignore[arg-type]
+                                stale_after_s=float(values.pop("stale_after_s")))  # type: ignore[arg-type]
     return ControllerSettings(failsafe=failsafe, **values)  # type: ignore[arg-type]
 
 

@@ -82,8 +82,8 @@ async def test_hung_controller(llama_server: RunningServer, tmp_path: Path) -> N
             time.sleep(2.0)  # a blocking call: the controller's loop stops dead
         return decide(current, pol, seen)
 
-    agent = Agent(proxy_settings(llama_server.url), policy(), controller_settings(tmp_path),
-                  decide_fn=hanging_decide)
+    agent = Agent(proxy_settings(llama_server.url), policy(),
+                  controller_settings(tmp_path, stale_after_s=0.25), decide_fn=hanging_decide)
     async with agent:
         agent.controller.set_policy({"kv": {"recent_window": 78}})
         mode = agent.runtime.mode
