@@ -82,6 +82,7 @@ async def run_completion(slot: ModelSlot, state: LoadedState, prompt_ids: list[i
     started = time.perf_counter()
     first_at = last_at = started
     count = 0
+    cached = 0
     finish = "length"
     try:
         async with contextlib.aclosing(slot.stream(state.model, prompt_ids, params)) as events:
@@ -90,6 +91,7 @@ async def run_completion(slot: ModelSlot, state: LoadedState, prompt_ids: list[i
                 last_at = timed.at
                 if count == 1:
                     first_at = timed.at
+                    cached = timed.event.cached_tokens
                 text = matcher.push(timed.event.text)
                 if text:
                     yield text
@@ -109,5 +111,7 @@ async def run_completion(slot: ModelSlot, state: LoadedState, prompt_ids: list[i
         yield tail
     yield Outcome(
         finish_reason=finish, prompt_tokens=len(prompt_ids), completion_tokens=count,
-        timings=Timings(prompt_n=len(prompt_ids), prompt_ms=(first_at - started) * 1000.0,
-                        predicted_n=count, predicted_ms=(last_at - first_at) * 1000.0))
+        # As llama.cpp: prompt_n are the prompt tokens evaluated, cache_n the ones reused.
+        timings=Timings(prompt_n=len(prompt_ids) - cached,
+                        prompt_ms=(first_at - started) * 1000.0, predicted_n=count,
+                        predicted_ms=(last_at - first_at) * 1000.0, cache_n=cached))

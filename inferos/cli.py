@@ -8,10 +8,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from inferos.commands import serve, service, status
+from inferos.commands import engine, model, serve, service, status
 from inferos.errors import ConfigError, InferOSError
 
-COMMANDS = (serve, status, service)
+COMMANDS = (serve, engine, model, status, service)
 
 
 def build_parser() -> argparse.ArgumentParser:

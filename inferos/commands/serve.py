@@ -6,8 +6,12 @@ import argparse
 import asyncio
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from inferos.event_loop import run_event_loop
+
+if TYPE_CHECKING:
+    from inferos.controller.config import Config
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,7 +32,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 async def _serve(args: argparse.Namespace) -> int:
     from inferos.controller.config import load_config
     from inferos.proxy.discovery import LEMONADE_DEFAULTS, find_lemonade
-    from inferos.proxy.server import ProxyServer
 
     config = load_config(args.config, overrides={
         "upstream.url": args.upstream,
@@ -41,12 +44,20 @@ async def _serve(args: argparse.Namespace) -> int:
     upstream = config.get("upstream.url")
     if upstream is None:
         upstream = await asyncio.to_thread(find_lemonade)
-    if upstream is None:
-        tried = " and ".join(LEMONADE_DEFAULTS)
-        print(f"inferos: no backend. Nothing answered at {tried}.\n"
-              "Start Lemonade Server, or give one with --upstream URL "
-              "(or INFEROS_UPSTREAM=URL).", file=sys.stderr)
-        return 2
+    if upstream is not None:
+        return await _run_proxy(config, upstream)
+    # The embedded default: no backend given and no Lemonade answering.
+    from inferos.engine.child import embedded_engine
+
+    tried = " and ".join(LEMONADE_DEFAULTS)
+    print(f"inferos: no Lemonade answered at {tried}; starting the embedded engine "
+          "(give a backend with --upstream URL or INFEROS_UPSTREAM=URL)", file=sys.stderr)
+    async with embedded_engine() as engine:
+        return await _run_proxy(config, engine.url)
+
+
+async def _run_proxy(config: Config, upstream: str) -> int:
+    from inferos.proxy.server import ProxyServer
 
     server = ProxyServer(config.proxy_settings(upstream))
     await server.start()

@@ -13,10 +13,6 @@ from tests.engine.engine_process import engine_process, prepared_model
 
 @pytest.fixture(scope="session")
 def smollm2_folder() -> Path:
-    # Until the engine core (engine/prepare.py, engine/runtime.py) is in the tree, the tests
-    # that need the real model cannot run; they skip, naming the missing module.
-    pytest.importorskip("inferos.engine.prepare")
-    pytest.importorskip("inferos.engine.runtime")
     return prepared_model()
 
 

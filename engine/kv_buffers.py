@@ -1,0 +1,114 @@
+"""KV buffers the engine owns: one static buffer per layer for K and V, shared by the graph.
+
+Each buffer is a numpy array of shape ``[1, kv_heads, max_len, head_dim]`` wrapped (not
+copied) in an ``OrtValue``, bound through ``IOBinding`` as both the layer's past input and
+its present output. GroupQueryAttention writes the new tokens' K/V in place at the
+positions after the mask's length, so a decode step copies nothing, and rolling back is
+shortening the attention mask (RUNTIME_FACTS.md: growing the cache instead copies it every
+step and halves decode speed at 4k).
+
+A buffer remembers which tokens it holds (``tokens``): the next generation that starts with
+the same prefix skips prefilling it. The pool hands buffers out one generation at a time
+and counts the ones out, which ``stats()`` reports so a test can see none leaks.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+
+
+@dataclass(frozen=True)
+class KvShape:
+    layers: int
+    kv_heads: int
+    head_dim: int
+    max_len: int
+    dtype: type = np.float32
+
+    @property
+    def bytes_per_token(self) -> int:
+        return self.layers * 2 * self.kv_heads * self.head_dim * np.dtype(self.dtype).itemsize
+
+    @property
+    def bytes(self) -> int:
+        return self.bytes_per_token * self.max_len
+
+
+@dataclass
+class KvBuffer:
+    shape: KvShape
+    keys: list[np.ndarray]
+    values: list[np.ndarray]
+    key_values: list[ort.OrtValue]
+    value_values: list[ort.OrtValue]
+    tokens: list[int] = field(default_factory=list)  # what positions [0, len) hold
+
+    @classmethod
+    def allocate(cls, shape: KvShape) -> KvBuffer:
+        dims = (1, shape.kv_heads, shape.max_len, shape.head_dim)
+        keys: list[np.ndarray] = [np.zeros(dims, dtype=shape.dtype) for _ in range(shape.layers)]
+        values: list[np.ndarray] = [np.zeros(dims, dtype=shape.dtype)
+                                    for _ in range(shape.layers)]
+        return cls(shape, keys, values,
+                   [ort.OrtValue.ortvalue_from_numpy(a) for a in keys],
+                   [ort.OrtValue.ortvalue_from_numpy(a) for a in values])
+
+    def common_prefix(self, prompt: list[int]) -> int:
+        """How many leading tokens of ``prompt`` this buffer already holds."""
+        limit = min(len(self.tokens), len(prompt))
+        n = 0
+        while n < limit and self.tokens[n] == prompt[n]:
+            n += 1
+        return n
+
+
+class KvPool:
+    """Free buffers of one shape, reused; ``take`` allocates when none is free."""
+
+    def __init__(self, shape: KvShape, keep: int = 1) -> None:
+        self.shape = shape
+        self.keep = keep
+        self._free: list[KvBuffer] = []
+        self._lock = threading.Lock()
+        self.in_use = 0
+        self.allocated = 0
+
+    def take(self, prompt: list[int]) -> KvBuffer:
+        """The free buffer sharing the longest prefix with ``prompt`` (a new one if none)."""
+        with self._lock:
+            if self._free:
+                best = max(self._free, key=lambda b: b.common_prefix(prompt))
+                self._free.remove(best)
+            else:
+                best = KvBuffer.allocate(self.shape)
+                self.allocated += 1
+            self.in_use += 1
+            return best
+
+    def give_back(self, buffer: KvBuffer) -> None:
+        with self._lock:
+            self.in_use -= 1
+            if len(self._free) < self.keep:
+                self._free.append(buffer)
+            else:
+                self.allocated -= 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self.allocated -= len(self._free)
+            self._free.clear()
+
+    def cached_tokens(self) -> int:
+        """Tokens held by the free buffers, kept for prefix reuse."""
+        with self._lock:
+            return sum(len(b.tokens) for b in self._free)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"in_use": self.in_use, "allocated": self.allocated,
+                    "bytes_per_buffer": self.shape.bytes,
+                    "bytes": self.allocated * self.shape.bytes}

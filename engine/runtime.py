@@ -1,0 +1,336 @@
+"""The engine core: a prepared ONNX model on plain ONNX Runtime, with a KV cache it owns.
+
+``load_model`` opens a prepared folder (``engine/prepare.py``) and returns a
+``LoadedModel``: tokenizer, chat template, one ``InferenceSession`` and a pool of static
+KV buffers bound through ``IOBinding`` (``engine/kv_buffers.py``). ``generate`` prefills
+the prompt in chunks (a 4k prompt's full logits would be 800 MB; only the last row is
+needed), then decodes one token per run, yielding ``TokenEvent``s as they come. A prompt
+that starts with what the buffer already holds skips that prefix: the reused tokens are
+reported on the first event (``cached_tokens``), as llama.cpp reports ``cache_n``.
+
+Everything here runs on one thread at a time (the server's ``ModelSlot`` worker): the
+session and the pool are not shared between concurrent generations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from inferos.engine.chat_template import ChatTemplate
+from inferos.engine.detokenize import Detokenizer
+from inferos.engine.kv_buffers import KvBuffer, KvPool, KvShape
+from inferos.engine.sampling import next_token
+from inferos.errors import ModelError
+
+KV_PRECISIONS = ("fp32",)
+GRAPH_OPTIMIZATIONS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+PREFILL_CHUNK = 256
+PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "DmlExecutionProvider", "CPUExecutionProvider")
+
+
+def best_provider(available: list[str] | None = None) -> str:
+    available = ort.get_available_providers() if available is None else available
+    return next((p for p in PREFERRED_PROVIDERS if p in available), "CPUExecutionProvider")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How a model is loaded. ``provider`` None: the best this onnxruntime offers (CUDA,
+    then DirectML, then CPU); ``threads`` None: ONNX Runtime's default (physical cores)."""
+
+    provider: str | None = None
+    threads: int | None = None
+    graph_optimization: str = "all"
+    kv_precision: str = "fp32"
+    ctx_size: int = 4096
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    repeat_penalty: float = 1.0
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token. ``finish_reason`` is set on the last one ("stop": an end-of-turn
+    token, whose text is empty; "length": max_tokens or the context's end)."""
+
+    token_id: int
+    text: str
+    finish_reason: str | None = None
+    cached_tokens: int = 0  # on the first event: prompt tokens reused from the KV buffer
+
+
+@dataclass
+class _Counters:
+    generations: int = 0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    prefix_hits: int = 0
+    prefix_misses: int = 0
+    generated_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    runs: int = 0
+    kv_copies: int = 0        # present outputs onnxruntime did not write into our buffer
+    kv_bytes_copied: int = 0  # what copying them back cost
+    kv_bytes_in_place: int = 0  # KV a grown (unbound) cache would have copied instead
+
+
+class LoadedModel:
+    def __init__(self, name: str, folder: Path, options: EngineOptions) -> None:
+        if options.kv_precision not in KV_PRECISIONS:
+            raise ValueError(f"kv_precision '{options.kv_precision}' is not available for this "
+                             f"model's graph; one of {', '.join(KV_PRECISIONS)}")
+        if options.graph_optimization not in GRAPH_OPTIMIZATIONS:
+            raise ValueError(f"graph_optimization '{options.graph_optimization}': one of "
+                             f"{', '.join(GRAPH_OPTIMIZATIONS)}")
+        if options.ctx_size <= 1:
+            raise ValueError("ctx_size must be at least 2 tokens")
+        self.name = name
+        self.folder = folder
+        try:
+            genai = json.loads((folder / "genai_config.json").read_text())["model"]
+            decoder = genai["decoder"]
+            self.max_context = int(genai["context_length"])
+            self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            self.session = self._session(folder / decoder["filename"], options)
+        except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{folder} is not a prepared model: {exc}") from exc
+        except Exception as exc:  # onnxruntime's own errors have no common base class
+            raise ModelError(f"onnxruntime could not load {folder}: {exc}") from exc
+        self.provider = self.session.get_providers()[0]
+        self.options = options
+        self.ctx_size = min(options.ctx_size, self.max_context)
+        layers = int(decoder["num_hidden_layers"])
+        self.kv_shape = KvShape(layers, int(decoder["num_key_value_heads"]),
+                                int(decoder["head_size"]), self.ctx_size)
+        self._past = [(f"past_key_values.{i}.key", f"past_key_values.{i}.value")
+                      for i in range(layers)]
+        self._present = [(f"present.{i}.key", f"present.{i}.value") for i in range(layers)]
+        self.pool = KvPool(self.kv_shape)
+        eos = genai.get("eos_token_id", [])
+        self.stop_ids = frozenset(eos if isinstance(eos, list) else [eos]) | frozenset(
+            i for i in (self.tokenizer.token_to_id(t) for t in ("<|endoftext|>", "<|im_end|>"))
+            if i is not None)
+        self.template = self._template(folder)
+        self.counters = _Counters()
+
+    @staticmethod
+    def _session(path: Path, options: EngineOptions) -> ort.InferenceSession:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = GRAPH_OPTIMIZATIONS[options.graph_optimization]
+        if options.threads:
+            so.intra_op_num_threads = options.threads
+        so.inter_op_num_threads = 1
+        # Spinning threads steal the core the event loop and a second session need.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = [options.provider or best_provider()]
+        if providers[0] != "CPUExecutionProvider":
+            providers.append("CPUExecutionProvider")
+        return ort.InferenceSession(str(path), so, providers=providers)
+
+    def _template(self, folder: Path) -> ChatTemplate | None:
+        path = folder / "chat_template.jinja"
+        if not path.is_file():
+            return None
+        config_path = folder / "tokenizer_config.json"
+        config: dict[str, Any] = json.loads(config_path.read_text()) \
+            if config_path.is_file() else {}
+
+        def token(key: str) -> str:
+            value = config.get(key) or ""
+            return value.get("content", "") if isinstance(value, dict) else str(value)
+
+        return ChatTemplate(path.read_text(), token("bos_token"), token("eos_token"))
+
+    # -- text -------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=False))
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+        if self.template is None:
+            # No template shipped: the plain "role: content" layout llama.cpp falls back to.
+            return "".join(f"{m.get('role')}: {m.get('content')}\n" for m in messages) + \
+                "assistant: "
+        return self.template.render(messages)
+
+    # -- generation -------------------------------------------------------------------
+    def _run(self, buffer: KvBuffer, ids: list[int], past_len: int) -> np.ndarray:
+        """Runs ``ids`` on top of ``past_len`` cached tokens; the last position's logits."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
+        binding.bind_cpu_input("attention_mask",
+                               np.ones((1, past_len + len(ids)), dtype=np.int64))
+        binding.bind_output("logits", "cpu")  # first: get_outputs() keeps binding order
+        dims = [1, self.kv_shape.kv_heads, self.kv_shape.max_len, self.kv_shape.head_dim]
+        for layer, ((past_k, past_v), (present_k, present_v)) in enumerate(
+                zip(self._past, self._present, strict=True)):
+            key, value = buffer.key_values[layer], buffer.value_values[layer]
+            binding.bind_ortvalue_input(past_k, key)
+            binding.bind_ortvalue_input(past_v, value)
+            binding.bind_output(present_k, "cpu", 0, np.float32, dims, key.data_ptr())
+            binding.bind_output(present_v, "cpu", 0, np.float32, dims, value.data_ptr())
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:  # onnxruntime's errors have no common base class
+            raise ModelError(f"onnxruntime failed: {exc}") from exc
+        outputs = binding.get_outputs()
+        self._account(buffer, outputs[1:], past_len + len(ids))
+        return np.asarray(outputs[0].numpy()[0, -1])
+
+    def _account(self, buffer: KvBuffer, presents: list[ort.OrtValue], used: int) -> None:
+        """The check that IOBinding is in effect: each present output should be our own
+        buffer, written in place. One that is not is copied back, and counted."""
+        counters = self.counters
+        counters.runs += 1
+        counters.kv_bytes_in_place += used * self.kv_shape.bytes_per_token
+        arrays = buffer.keys + buffer.values
+        targets = buffer.key_values + buffer.value_values
+        layers = self.kv_shape.layers
+        for index, present in enumerate(presents):
+            # outputs come in binding order: layer i's key, then its value
+            target_index = index // 2 + (layers if index % 2 else 0)
+            if present.data_ptr() != targets[target_index].data_ptr():
+                source = present.numpy()
+                np.copyto(arrays[target_index][:, :, :source.shape[2]], source)
+                counters.kv_copies += 1
+                counters.kv_bytes_copied += source.nbytes
+
+    def _prefill(self, buffer: KvBuffer, prompt: list[int], reuse: int) -> np.ndarray:
+        buffer.tokens = buffer.tokens[:reuse]  # the rest of what it held is overwritten
+        logits: np.ndarray | None = None
+        position = reuse
+        while position < len(prompt):
+            chunk = prompt[position:position + PREFILL_CHUNK]
+            logits = self._run(buffer, chunk, position)
+            position += len(chunk)
+            buffer.tokens.extend(chunk)
+        assert logits is not None
+        return logits
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams,
+                 cancelled: Callable[[], bool] | None = None) -> Iterator[TokenEvent]:
+        """Yields the generated tokens. Raises ValueError for a prompt that is empty or
+        leaves no room in the context; ModelError when onnxruntime fails."""
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_ids) >= self.ctx_size:
+            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the context holds "
+                             f"{self.ctx_size}, and at least one must be left to generate")
+        vocab = int(self.tokenizer.get_vocab_size())
+        if any(not 0 <= t < vocab for t in prompt_ids):
+            raise ValueError(f"token ids must be between 0 and {vocab - 1}")
+        return self._generate(list(prompt_ids), params, cancelled)
+
+    def _generate(self, prompt: list[int], params: SamplingParams,
+                  cancelled: Callable[[], bool] | None) -> Iterator[TokenEvent]:
+        buffer = self.pool.take(prompt)
+        counters = self.counters
+        try:
+            # At least the last prompt token runs again: its logits give the first token.
+            reuse = min(buffer.common_prefix(prompt), len(prompt) - 1)
+            counters.generations += 1
+            counters.prompt_tokens += len(prompt)
+            counters.reused_tokens += reuse
+            if reuse > 0:
+                counters.prefix_hits += 1
+            else:
+                counters.prefix_misses += 1
+            started = time.perf_counter()
+            logits = self._prefill(buffer, prompt, reuse)
+            counters.prefill_s += time.perf_counter() - started
+            rng = np.random.default_rng(params.seed)
+            detok = Detokenizer(self.tokenizer, skip=self.stop_ids)
+            history = list(prompt)
+            limit = min(params.max_tokens, self.ctx_size - len(prompt))
+            for produced in range(1, limit + 1):
+                if cancelled is not None and cancelled():
+                    return
+                token = next_token(logits, temperature=params.temperature, top_k=params.top_k,
+                                   top_p=params.top_p, repeat_penalty=params.repeat_penalty,
+                                   history=history, rng=rng)
+                counters.generated_tokens += 1
+                history.append(token)
+                cached = reuse if produced == 1 else 0
+                if token in self.stop_ids:
+                    yield TokenEvent(token, detok.flush(), "stop", cached)
+                    return
+                text = detok.push(token)
+                if produced == limit:
+                    yield TokenEvent(token, text + detok.flush(), "length", cached)
+                    return
+                yield TokenEvent(token, text, None, cached)
+                started = time.perf_counter()
+                logits = self._run(buffer, [token], len(buffer.tokens))
+                buffer.tokens.append(token)
+                counters.decode_s += time.perf_counter() - started
+        finally:
+            self.pool.give_back(buffer)
+
+    # -- accounting -------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        c = self.counters
+        pool = self.pool.stats()
+        held = self.pool.cached_tokens()
+        return {
+            "engine": {"model": self.name, "provider": self.provider,
+                       "ctx_size": self.ctx_size, "threads": self.options.threads,
+                       "generations": c.generations, "generated_tokens": c.generated_tokens,
+                       "prefill_seconds": round(c.prefill_s, 3),
+                       "decode_seconds": round(c.decode_s, 3),
+                       "pid": os.getpid()},
+            "kv_copy": {"runs": c.runs, "copies": c.kv_copies, "bytes": c.kv_bytes_copied,
+                        "bytes_in_place": c.kv_bytes_in_place,
+                        "bytes_per_generation": c.kv_bytes_copied // max(c.generations, 1)},
+            "kv_pool": pool,
+            "kv_levels": {
+                # Until the kvstore drives the buffers, every cached token is exact (L0).
+                "L0": {"tokens": held, "bytes": held * self.kv_shape.bytes_per_token},
+                "L1": {"tokens": 0, "bytes": 0}, "L2": {"tokens": 0, "bytes": 0},
+                "L3": {"tokens": 0, "bytes": 0},
+            },
+            "prefix_cache": {"hits": c.prefix_hits, "misses": c.prefix_misses,
+                             "reused_tokens": c.reused_tokens},
+        }
+
+    def close(self) -> None:
+        self.pool.clear()
+        del self.session
+
+
+def load_model(name_or_path: str, options: EngineOptions) -> LoadedModel:
+    """Loads a prepared model by name (from the cache) or by the path of its folder."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return LoadedModel(path.name, path.resolve(), options)
+    from inferos.engine.prepare import prepared_folder
+
+    folder = prepared_folder(name_or_path)
+    if folder is None:
+        raise ModelError(f"'{name_or_path}' is not prepared: run "
+                         f"`inferos model prepare {name_or_path}`")
+    return LoadedModel(name_or_path.strip().lower(), folder, options)
