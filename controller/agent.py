@@ -45,6 +45,9 @@ class Agent:
             runtime.mode.forced = True
         elif proxy_settings.passthrough:
             policy = dataclasses.replace(policy, mode="passthrough")
+        attach = getattr(actuator, "attach", None)
+        if attach is not None:
+            attach(runtime)  # the actuator drains and gates this proxy's requests
         self.stats = RequestStats()
         self.proxy.observer.subscribe(self.stats.add)
         self.controller = Controller(runtime, self.registry, policy, controller_settings,

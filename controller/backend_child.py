@@ -31,6 +31,15 @@ class BackendStartError(InferOSError):
     """The backend exited or stayed unhealthy while starting."""
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))

@@ -169,7 +169,7 @@ SCHEMA.update({
     # prepared model, or llama.cpp's server on a GGUF file.
     "engine.backend": Key(_str, "engine"),
     "engine.model": Key(_str, None, ("INFEROS_MODEL",)),
-    "engine.precision": Key(_str, "int8"),
+    "engine.precision": Key(_str, "fp32"),
 })
 # Sections read whole: named adjustments to the profiles.
 OPEN_SECTIONS = ("profiles",)

@@ -105,6 +105,13 @@ def decide(current: BackendSettings, policy: Policy, seen: Observed,
     return Decision(settings, reason, score)
 
 
+def starting_settings(policy: Policy, ctx_size: int | None = None) -> BackendSettings:
+    """What a backend Infer-OS starts itself runs with before any request is seen."""
+    nothing_seen = Observed(stats=None, longest_request_tokens=None, memory_pressure=False,
+                            quality_budget=None)
+    return decide(BackendSettings(ctx_size=ctx_size), policy, nothing_seen).settings
+
+
 def kv_bytes(settings: BackendSettings, layers: int = 30, kv_heads: int = 3,
              head_dim: int = 64) -> int | None:
     """KV-cache bytes at the decided context, for memory accounting and events."""

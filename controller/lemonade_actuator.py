@@ -62,7 +62,8 @@ def flavor_of(health: dict[str, Any]) -> ServerFlavor:
 class LemonadeActuator:
     name = "lemonade"
 
-    def __init__(self, base_url: str, runtime: ProxyRuntime, *, drain_timeout_s: float = 300,
+    def __init__(self, base_url: str, runtime: ProxyRuntime | None = None, *,
+                 drain_timeout_s: float = 300,
                  load_timeout_s: float = 600) -> None:
         self.base_url = base_url.rstrip("/")
         self.runtime = runtime
@@ -75,6 +76,10 @@ class LemonadeActuator:
     @property
     def settings(self) -> BackendSettings:
         return self._settings
+
+    def attach(self, runtime: ProxyRuntime) -> None:
+        """The proxy whose admission gate and in-flight counts a reconfiguration uses."""
+        self.runtime = runtime
 
     async def health(self) -> dict[str, Any]:
         # Control plane only: a transient connect failure is worth two more tries.
@@ -120,6 +125,7 @@ class LemonadeActuator:
         model = model or flavor.model_loaded
         if model is None:
             raise ActuatorError("no model loaded and none named", rolled_back=False)
+        assert self.runtime is not None, "attach() the proxy's runtime first"
         admission = self.runtime.admission
         admission.close_gate()
         try:

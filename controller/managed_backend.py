@@ -13,7 +13,13 @@ import logging
 from typing import Any
 
 from inferos.controller.actuator import ActuatorError
-from inferos.controller.backend_child import BackendChild, BackendStartError, Launcher, free_port
+from inferos.controller.backend_child import (
+    BackendChild,
+    BackendStartError,
+    Launcher,
+    free_port,
+    port_is_free,
+)
 from inferos.controller.drain import drain
 from inferos.controller.snapshot import BackendSettings
 from inferos.proxy.app import ProxyRuntime
@@ -26,8 +32,12 @@ class ManagedBackend:
 
     def __init__(self, launcher: Launcher, settings: BackendSettings, *,
                  relevant_fields: tuple[str, ...] = ("ctx_size", "threads"),
-                 start_timeout_s: float = 300, drain_timeout_s: float = 600) -> None:
+                 start_timeout_s: float = 300, drain_timeout_s: float = 600,
+                 preferred_port: int | None = None) -> None:
         self.launcher = launcher
+        # The first process takes this port when it is free (the engine's documented 8022);
+        # later ones take any free port, since the old process still holds it while draining.
+        self.preferred_port = preferred_port
         # The settings this backend's command line reflects; others change nothing here.
         self.relevant_fields = relevant_fields
         self._settings = settings
@@ -48,7 +58,10 @@ class ManagedBackend:
 
     async def start(self) -> str:
         """Starts the first process; returns its URL (the proxy's upstream)."""
-        child = self.launcher(self._settings, free_port())
+        port = self.preferred_port
+        if port is None or not port_is_free(port):
+            port = free_port()
+        child = self.launcher(self._settings, port)
         await child.start(self.start_timeout_s)
         self.child = child
         return child.url

@@ -1,4 +1,16 @@
-"""``inferos serve``: the proxy in front of a backend."""
+"""``inferos serve``: the agent (proxy + controller) in front of a backend.
+
+Which backend, in this order:
+
+1. ``--upstream URL`` (or ``upstream.url`` / ``INFEROS_UPSTREAM``): a Lemonade server or
+   anything OpenAI-compatible; the controller reconfigures it through Lemonade's ``/load``.
+2. ``--backend llamacpp --model FILE.gguf``: llama.cpp's OpenAI server, started and
+   reconfigured blue/green by the controller.
+3. Otherwise a Lemonade answering on its default ports (13305, then 8000), unless
+   ``--backend engine`` asks for the embedded engine outright.
+4. Otherwise the embedded engine: the model is prepared if needed (cached), the engine runs
+   as a child process (127.0.0.1:8022 when free) and is stopped with ``serve``.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +18,30 @@ import argparse
 import asyncio
 import signal
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inferos.event_loop import run_event_loop
 
 if TYPE_CHECKING:
+    from inferos.controller.actuator import Actuator
     from inferos.controller.config import Config
+
+BACKENDS = ("engine", "llamacpp")
+ENGINE_PORT = 8022
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the proxy (and controller) in front of a backend")
     p.add_argument("--upstream", help="backend origin, e.g. http://127.0.0.1:13305 "
-                                      "(env INFEROS_UPSTREAM; default: a Lemonade that answers)")
+                                      "(env INFEROS_UPSTREAM; default: a Lemonade that answers, "
+                                      "else the embedded engine)")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="a backend Infer-OS runs itself: the embedded engine (default when no "
+                        "Lemonade answers) or llama.cpp's server on --model FILE.gguf")
+    p.add_argument("--model", help="the embedded engine's model (default "
+                                   "smollm2-135m-instruct), or the GGUF file for llamacpp "
+                                   "(env INFEROS_MODEL)")
     p.add_argument("--listen", help="proxy listener HOST:PORT (default 127.0.0.1:8020)")
     p.add_argument("--admin", help="admin listener HOST:PORT (default 127.0.0.1:8021)")
     p.add_argument("--passthrough", action="store_true", default=None,
@@ -29,9 +53,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=_cmd_serve)
 
 
+def _say(message: str) -> None:
+    print(f"inferos: {message}", file=sys.stderr, flush=True)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     from inferos.controller.config import load_config
-    from inferos.proxy.discovery import LEMONADE_DEFAULTS, find_lemonade
 
     config = load_config(args.config, overrides={
         "upstream.url": args.upstream,
@@ -40,30 +67,83 @@ async def _serve(args: argparse.Namespace) -> int:
         "passthrough": args.passthrough,
         "upstream.idle_timeout_s": args.idle_timeout,
         "upstream.connect_timeout_s": args.connect_timeout,
+        "engine.backend": args.backend,
+        "engine.model": args.model,
     })
+    upstream, actuator = await _choose_backend(config, explicit_backend=args.backend)
+    return await _run_agent(config, upstream, actuator)
+
+
+async def _choose_backend(config: Config, explicit_backend: str | None
+                          ) -> tuple[str, Actuator]:
+    """The proxy's first upstream ("" when the controller starts the backend) and the
+    actuator that reconfigures it."""
+    from inferos.controller.lemonade_actuator import LemonadeActuator
+    from inferos.errors import ConfigError
+    from inferos.proxy.discovery import LEMONADE_DEFAULTS, find_lemonade
+
     upstream = config.get("upstream.url")
-    if upstream is None:
-        upstream = await asyncio.to_thread(find_lemonade)
+    backend = config.get("engine.backend")
+    if backend not in BACKENDS:
+        raise ConfigError(f"one of {', '.join(BACKENDS)}", key="engine.backend")
     if upstream is not None:
-        return await _run_proxy(config, upstream)
-    # The embedded default: no backend given and no Lemonade answering.
-    from inferos.engine.child import embedded_engine
+        return upstream, LemonadeActuator(upstream)
+    if backend == "llamacpp":
+        return "", _llamacpp_backend(config)
+    if explicit_backend is None:
+        found = await asyncio.to_thread(find_lemonade)
+        if found is not None:
+            _say(f"Lemonade answers at {found}; proxying to it")
+            return found, LemonadeActuator(found)
+        _say(f"no Lemonade answered at {' and '.join(LEMONADE_DEFAULTS)}; starting the "
+             "embedded engine (give a backend with --upstream URL or INFEROS_UPSTREAM=URL)")
+    return "", await _engine_backend(config)
 
-    tried = " and ".join(LEMONADE_DEFAULTS)
-    print(f"inferos: no Lemonade answered at {tried}; starting the embedded engine "
-          "(give a backend with --upstream URL or INFEROS_UPSTREAM=URL)", file=sys.stderr)
-    async with embedded_engine() as engine:
-        return await _run_proxy(config, engine.url)
+
+def _llamacpp_backend(config: Config) -> Actuator:
+    from inferos.controller.backend_child import LLAMACPP_FIELDS, llamacpp_launcher
+    from inferos.controller.decisions import starting_settings
+    from inferos.controller.managed_backend import ManagedBackend
+    from inferos.errors import ConfigError
+
+    model = config.get("engine.model")
+    if model is None or not Path(model).is_file():
+        raise ConfigError("--backend llamacpp needs --model FILE.gguf (an existing file)",
+                          key="engine.model")
+    path = Path(model).resolve()
+    alias = path.stem
+    return ManagedBackend(llamacpp_launcher(str(path), alias), starting_settings(config.policy()),
+                          relevant_fields=LLAMACPP_FIELDS)
 
 
-async def _run_proxy(config: Config, upstream: str) -> int:
-    from inferos.proxy.server import ProxyServer
+async def _engine_backend(config: Config) -> Actuator:
+    from inferos.controller.backend_child import ENGINE_FIELDS, engine_launcher
+    from inferos.controller.decisions import starting_settings
+    from inferos.controller.managed_backend import ManagedBackend
+    from inferos.engine.prepare import DEFAULT_PRECISION, ensure_prepared
 
-    server = ProxyServer(config.proxy_settings(upstream))
-    await server.start()
-    mode = "passthrough" if server.mode.passthrough else "observing"
-    print(f"inferos: proxy on {server.proxy_url} -> {upstream} ({mode}); "
-          f"metrics and health on {server.admin_url}", file=sys.stderr, flush=True)
+    name = config.get("engine.model") or "smollm2-135m-instruct"
+    precision = config.get("engine.precision")
+    if Path(name).is_dir():
+        model = str(Path(name).resolve())
+    else:
+        folder = await asyncio.to_thread(ensure_prepared, name, precision, progress=_say)
+        # The engine knows its models by name in the default precision; others by folder.
+        model = name if precision == DEFAULT_PRECISION else str(folder)
+    return ManagedBackend(engine_launcher(model), starting_settings(config.policy()),
+                          relevant_fields=ENGINE_FIELDS, preferred_port=ENGINE_PORT)
+
+
+async def _run_agent(config: Config, upstream: str, actuator: Actuator) -> int:
+    from inferos.controller.agent import Agent
+
+    agent = Agent(config.proxy_settings(upstream), config.policy(),
+                  config.controller_settings(), actuator, profiles=config.profiles)
+    await agent.start()
+    proxy = agent.proxy
+    mode = "passthrough" if proxy.mode.passthrough else "observing"
+    _say(f"proxy on {proxy.proxy_url} -> {agent.runtime.upstream} ({mode}); control API, "
+         f"metrics and health on {proxy.admin_url}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -71,7 +151,7 @@ async def _run_proxy(config: Config, upstream: str) -> int:
     try:
         await stop.wait()
     finally:
-        await server.stop()
+        await agent.stop()
     return 0
 
 
