@@ -11,13 +11,11 @@ import aiohttp
 import pytest
 
 from inferos.controller.agent import Agent
-from tests.backends import RunningServer
 from tests.controller.conftest import controller_settings, policy, proxy_settings
+from tests.engine.engine_process import MODEL, engine_process, prepared_model
 from tests.grafana.prometheus_server import prometheus, query, wait_for_scrapes
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "grafana" / "dashboards" / "inferos.json"
-# Series only the embedded engine's KV store produces (issue 5): llama.cpp has none.
-ENGINE_ONLY = ("inferos_kv_level", "inferos_prefix_cache")
 
 
 def panel_queries() -> list[tuple[str, str]]:
@@ -41,7 +39,7 @@ def test_dashboard_variables_and_queries_use_only_exported_series() -> None:
 
 
 async def _traffic(agent: Agent) -> None:
-    chat = {"model": "smollm2", "max_tokens": 8, "temperature": 0, "stream": True,
+    chat = {"model": MODEL, "max_tokens": 8, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": "Say hi."}]}
     async with aiohttp.ClientSession() as client:
@@ -54,9 +52,16 @@ async def _traffic(agent: Agent) -> None:
             assert resp.status == 404  # an error for the errors panel
 
 
-@pytest.mark.llamacpp
-async def test_every_panel_returns_data(llama_server: RunningServer, tmp_path: Path) -> None:
-    async with Agent(proxy_settings(llama_server.url), policy("balanced"),
+@pytest.mark.model
+async def test_every_panel_returns_data(tmp_path: Path) -> None:
+    """On the embedded engine, whose stats feed the KV-level and prefix-cache panels."""
+    prepared_model()
+    with engine_process(tmp_path) as engine:
+        await _check_panels(engine.url, tmp_path)
+
+
+async def _check_panels(upstream: str, tmp_path: Path) -> None:
+    async with Agent(proxy_settings(upstream), policy("balanced"),
                      controller_settings(tmp_path)) as agent:
         target = agent.proxy.admin_url.removeprefix("http://")
         with prometheus(tmp_path, target) as prom:
@@ -67,8 +72,6 @@ async def test_every_panel_returns_data(llama_server: RunningServer, tmp_path: P
             await asyncio.to_thread(wait_for_scrapes, prom, 2)
             empty = []
             for title, expr in panel_queries():
-                if any(name in expr for name in ENGINE_ONLY):
-                    continue  # llama.cpp has no KV store of ours to report
                 if not await asyncio.to_thread(query, prom, concrete(expr)):
                     empty.append(f"{title}: {expr}")
             assert not empty, "panels with no data:\n" + "\n".join(empty)
