@@ -10,15 +10,24 @@ step and halves decode speed at 4k).
 A buffer remembers which tokens it holds (``tokens``): the next generation that starts with
 the same prefix skips prefilling it. The pool hands buffers out one generation at a time
 and counts the ones out, which ``stats()`` reports so a test can see none leaks.
+
+The pool is where all of the engine's host KV lives: buffers in use, free buffers, and,
+with a ``PrefixCache`` (engine/prefix_cache.py), the parked KV of earlier generations:
+``give_back`` parks a buffer's KV there, ``take`` restores a prompt's longest parked
+prefix into the buffer it hands out, ``clear`` forgets both.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
+
+if TYPE_CHECKING:
+    from inferos.engine.prefix_cache import PrefixCache
 
 
 @dataclass(frozen=True)
@@ -69,16 +78,20 @@ class KvBuffer:
 class KvPool:
     """Free buffers of one shape, reused; ``take`` allocates when none is free."""
 
-    def __init__(self, shape: KvShape, keep: int = 1) -> None:
+    def __init__(self, shape: KvShape, keep: int = 1, cache: PrefixCache | None = None
+                 ) -> None:
         self.shape = shape
         self.keep = keep
+        self.cache = cache
         self._free: list[KvBuffer] = []
         self._lock = threading.Lock()
         self.in_use = 0
         self.allocated = 0
 
-    def take(self, prompt: list[int]) -> KvBuffer:
-        """The free buffer sharing the longest prefix with ``prompt`` (a new one if none)."""
+    def take(self, prompt: list[int], limit: int | None = None) -> KvBuffer:
+        """The free buffer sharing the longest prefix with ``prompt`` (a new one if none),
+        then filled from the prefix cache with as much of ``prompt``'s first ``limit``
+        tokens as it has parked: ``common_prefix(prompt)`` says how much it holds."""
         with self._lock:
             if self._free:
                 best = max(self._free, key=lambda b: b.common_prefix(prompt))
@@ -87,20 +100,36 @@ class KvPool:
                 best = KvBuffer.allocate(self.shape)
                 self.allocated += 1
             self.in_use += 1
-            return best
+        if self.cache is not None:
+            limit = len(prompt) if limit is None else limit
+            try:
+                self.cache.restore(best, prompt, min(best.common_prefix(prompt), limit), limit)
+            except BaseException:
+                self.give_back(best, park=False)
+                raise
+        return best
 
-    def give_back(self, buffer: KvBuffer) -> None:
-        with self._lock:
-            self.in_use -= 1
-            if len(self._free) < self.keep:
-                self._free.append(buffer)
-            else:
-                self.allocated -= 1
+    def give_back(self, buffer: KvBuffer, *, park: bool = True) -> None:
+        """Takes ``buffer`` back; with ``park``, its KV (positions ``[0, len(tokens))``)
+        goes to the prefix cache first."""
+        try:
+            if park and self.cache is not None:
+                self.cache.save(buffer)
+        finally:
+            with self._lock:
+                self.in_use -= 1
+                if len(self._free) < self.keep:
+                    self._free.append(buffer)
+                else:
+                    self.allocated -= 1
 
     def clear(self) -> None:
+        """Frees the free buffers and forgets the parked KV."""
         with self._lock:
             self.allocated -= len(self._free)
             self._free.clear()
+        if self.cache is not None:
+            self.cache.clear()
 
     def cached_tokens(self) -> int:
         """Tokens held by the free buffers, kept for prefix reuse."""

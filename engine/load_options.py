@@ -45,6 +45,8 @@ def requested_options(request: LoadRequest, base: EngineOptions) -> EngineOption
         graph_optimization=request.graph_optimization or base.graph_optimization,
         kv_precision=request.kv_precision or base.kv_precision,
         ctx_size=request.ctx_size or base.ctx_size,
+        prefix_cache=base.prefix_cache,
+        host_pool_bytes=base.host_pool_bytes,
     )
 
 
@@ -62,4 +64,6 @@ def already_in_effect(wanted: EngineOptions, current: EngineOptions, max_context
         and wanted.threads == current.threads
         and wanted.graph_optimization == current.graph_optimization
         and wanted.kv_precision == current.kv_precision
+        and wanted.prefix_cache == current.prefix_cache
+        and wanted.host_pool_bytes == current.host_pool_bytes
     )

@@ -4,9 +4,14 @@
 ``LoadedModel``: tokenizer, chat template, one ``InferenceSession`` and a pool of static
 KV buffers bound through ``IOBinding`` (``engine/kv_buffers.py``). ``generate`` prefills
 the prompt in chunks (a 4k prompt's full logits would be 800 MB; only the last row is
-needed), then decodes one token per run, yielding ``TokenEvent``s as they come. A prompt
-that starts with what the buffer already holds skips that prefix: the reused tokens are
-reported on the first event (``cached_tokens``), as llama.cpp reports ``cache_n``.
+needed), then decodes one token per run, yielding ``TokenEvent``s as they come.
+
+Prefix reuse: a prompt skips the prefill of its longest prefix whose KV is at hand, in the
+buffer it gets (the pool's free buffer remembers what it last held) or in the prefix cache
+(``engine/prefix_cache.py``: the KV of finished generations in a ``kvstore.KvStore`` under
+a byte budget, restored, dequantized if it was demoted, into the buffer). The reused
+tokens are reported on the first event (``cached_tokens``), as llama.cpp reports
+``cache_n``. ``EngineOptions.prefix_cache`` False turns all reuse off.
 
 Everything here runs on one thread at a time (the server's ``ModelSlot`` worker): the
 session and the pool are not shared between concurrent generations.
@@ -29,8 +34,10 @@ from tokenizers import Tokenizer
 from inferos.engine.chat_template import ChatTemplate
 from inferos.engine.detokenize import Detokenizer
 from inferos.engine.kv_buffers import KvBuffer, KvPool, KvShape
+from inferos.engine.prefix_cache import PrefixCache
 from inferos.engine.sampling import next_token
 from inferos.errors import ModelError
+from inferos.kvstore.store import KvStoreConfig
 
 KV_PRECISIONS = ("fp32",)
 GRAPH_OPTIMIZATIONS = {
@@ -40,6 +47,7 @@ GRAPH_OPTIMIZATIONS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 PREFILL_CHUNK = 256
+DEFAULT_HOST_POOL_BYTES = 4096 * 2**20  # the policy's io.host_pool_bytes default
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "DmlExecutionProvider", "CPUExecutionProvider")
 
 
@@ -51,13 +59,17 @@ def best_provider(available: list[str] | None = None) -> str:
 @dataclass(frozen=True)
 class EngineOptions:
     """How a model is loaded. ``provider`` None: the best this onnxruntime offers (CUDA,
-    then DirectML, then CPU); ``threads`` None: ONNX Runtime's default (physical cores)."""
+    then DirectML, then CPU); ``threads`` None: ONNX Runtime's default (physical cores).
+    ``prefix_cache``: reuse the KV of earlier prompts' prefixes; ``host_pool_bytes``: what
+    the prefix cache's store may hold before it demotes (policy ``io.host_pool_bytes``)."""
 
     provider: str | None = None
     threads: int | None = None
     graph_optimization: str = "all"
     kv_precision: str = "fp32"
     ctx_size: int = 4096
+    prefix_cache: bool = True
+    host_pool_bytes: int = DEFAULT_HOST_POOL_BYTES
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,8 @@ class LoadedModel:
                              f"{', '.join(GRAPH_OPTIMIZATIONS)}")
         if options.ctx_size <= 1:
             raise ValueError("ctx_size must be at least 2 tokens")
+        if options.host_pool_bytes <= 0:
+            raise ValueError("host_pool_bytes must be positive")
         self.name = name
         self.folder = folder
         try:
@@ -128,7 +142,10 @@ class LoadedModel:
         self._past = [(f"past_key_values.{i}.key", f"past_key_values.{i}.value")
                       for i in range(layers)]
         self._present = [(f"present.{i}.key", f"present.{i}.value") for i in range(layers)]
-        self.pool = KvPool(self.kv_shape)
+        self.prefix_cache = PrefixCache(
+            self.kv_shape, KvStoreConfig(host_pool_bytes=options.host_pool_bytes)
+        ) if options.prefix_cache else None
+        self.pool = KvPool(self.kv_shape, cache=self.prefix_cache)
         eos = genai.get("eos_token_id", [])
         self.stop_ids = frozenset(eos if isinstance(eos, list) else [eos]) | frozenset(
             i for i in (self.tokenizer.token_to_id(t) for t in ("<|endoftext|>", "<|im_end|>"))
@@ -246,13 +263,29 @@ class LoadedModel:
             raise ValueError(f"token ids must be between 0 and {vocab - 1}")
         return self._generate(list(prompt_ids), params, cancelled)
 
+    def next_logits(self, prompt_ids: list[int]) -> np.ndarray:
+        """The logits [vocab] of the token after ``prompt_ids``, computed as a generation's
+        first token is (prefix reuse included); the prompt's KV is parked as a
+        generation's is. For quality checks: restored KV against a cold run."""
+        self.generate(prompt_ids, SamplingParams(max_tokens=1))  # the same checks
+        limit = len(prompt_ids) - 1
+        buffer = self.pool.take(prompt_ids, limit)
+        try:
+            reuse = min(buffer.common_prefix(prompt_ids), limit) \
+                if self.options.prefix_cache else 0
+            return self._prefill(buffer, list(prompt_ids), reuse)
+        finally:
+            self.pool.give_back(buffer)
+
     def _generate(self, prompt: list[int], params: SamplingParams,
                   cancelled: Callable[[], bool] | None) -> Iterator[TokenEvent]:
-        buffer = self.pool.take(prompt)
         counters = self.counters
+        started = time.perf_counter()
+        # At least the last prompt token runs again: its logits give the first token.
+        limit = len(prompt) - 1
+        buffer = self.pool.take(prompt, limit)
         try:
-            # At least the last prompt token runs again: its logits give the first token.
-            reuse = min(buffer.common_prefix(prompt), len(prompt) - 1)
+            reuse = min(buffer.common_prefix(prompt), limit) if self.options.prefix_cache else 0
             counters.generations += 1
             counters.prompt_tokens += len(prompt)
             counters.reused_tokens += reuse
@@ -260,7 +293,6 @@ class LoadedModel:
                 counters.prefix_hits += 1
             else:
                 counters.prefix_misses += 1
-            started = time.perf_counter()
             logits = self._prefill(buffer, prompt, reuse)
             counters.prefill_s += time.perf_counter() - started
             rng = np.random.default_rng(params.seed)
@@ -289,13 +321,15 @@ class LoadedModel:
                 buffer.tokens.append(token)
                 counters.decode_s += time.perf_counter() - started
         finally:
+            # buffer.tokens are exactly the positions whose KV was written: those are parked
             self.pool.give_back(buffer)
 
     # -- accounting -------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         c = self.counters
-        pool = self.pool.stats()
-        held = self.pool.cached_tokens()
+        pool: dict[str, Any] = dict(self.pool.stats())
+        pool["cached_tokens"] = self.pool.cached_tokens()
+        cache = self.prefix_cache
         return {
             "engine": {"model": self.name, "provider": self.provider,
                        "ctx_size": self.ctx_size, "threads": self.options.threads,
@@ -307,14 +341,13 @@ class LoadedModel:
                         "bytes_in_place": c.kv_bytes_in_place,
                         "bytes_per_generation": c.kv_bytes_copied // max(c.generations, 1)},
             "kv_pool": pool,
-            "kv_levels": {
-                # Until the kvstore drives the buffers, every cached token is exact (L0).
-                "L0": {"tokens": held, "bytes": held * self.kv_shape.bytes_per_token},
-                "L1": {"tokens": 0, "bytes": 0}, "L2": {"tokens": 0, "bytes": 0},
-                "L3": {"tokens": 0, "bytes": 0},
-            },
-            "prefix_cache": {"hits": c.prefix_hits, "misses": c.prefix_misses,
+            # The prefix cache's store; the pool's free buffer is in kv_pool.
+            "kv_levels": cache.kv_levels() if cache is not None else {
+                level: {"tokens": 0, "bytes": 0} for level in ("L0", "L1", "L2", "L3")},
+            "prefix_cache": {"enabled": cache is not None,
+                             "hits": c.prefix_hits, "misses": c.prefix_misses,
                              "reused_tokens": c.reused_tokens},
+            "kv_store": cache.stats() if cache is not None else None,
         }
 
     def close(self) -> None:

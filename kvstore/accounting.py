@@ -13,7 +13,7 @@ Two kinds of figure live here:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from inferos.kvstore.levels import LEVEL_FORMATS, Level
@@ -113,6 +113,7 @@ class LevelStats:
     exact_nbytes: int
     hits: int
     misses: int
+    tokens: Mapping[Level, int] = field(default_factory=dict)  # token count at each level
 
     @property
     def total_nbytes(self) -> int:

@@ -12,16 +12,19 @@ What the engine does with it:
 - under memory pressure, ``enforce_budget`` demotes chunks until the store holds at most
   ``host_pool_bytes``; ``apply_policy`` moves every chunk to what ``decide_level`` says.
 
-Protection: a block is protected (always L0) when it overlaps the first ``sink_tokens``
-or the last ``recent_window`` tokens of the longest stored sequence through it, or is
-pinned. Eviction (L3) without a spill directory drops a whole block, and only a leaf
-(no stored block continues it): a dropped block in the middle of a chain would strand
-every block after it. With a spill directory any block may go to disk; it comes back.
+Protection: a block is protected (never quantized) when it overlaps the first
+``sink_tokens`` or the last ``recent_window`` tokens of the longest stored sequence
+through it, or is pinned. Eviction (L3) without a spill directory drops a whole block,
+and only a leaf (no stored block continues it): a dropped block in the middle of a chain
+would strand every block after it. With a spill directory any block may go to disk; it
+comes back.
 
 Demotion under budget works in rounds: first L0 -> L1 in ascending importance, then
 L1 -> L2, then L2 -> L3, stopping as soon as the store fits. Quantizing everything once
 costs less quality than evicting anything (see bench/kv_quality.py), so the store
-exhausts the cheaper step before it takes the next.
+exhausts the cheaper step before it takes the next. The budget is a hard limit: if the
+protected blocks alone overflow it, they go to L3 whole (least recently used first),
+which costs a recompute when their prompt returns, never quality.
 
 Not thread-safe: the engine calls it from its one generation thread.
 """
@@ -109,6 +112,8 @@ class KvStore:
         self.config = config
         self._clock = clock
         self._index: PrefixIndex[StoredBlock] = PrefixIndex(config.block_tokens)
+        self.dropped_blocks = 0  # evicted without a spill file, since the store was made
+        self.dropped_tokens = 0
 
     # -- contents ---------------------------------------------------------------------
 
@@ -217,23 +222,28 @@ class KvStore:
         key_out: Sequence[np.ndarray],
         value_out: Sequence[np.ndarray],
         max_tokens: int | None = None,
+        start: int = 0,
     ) -> int:
         """Write the stored prefix of ``token_ids`` into [H, >=n, D] arrays; return n.
 
-        Counts hits and misses, and a reuse on every chunk read. At most ``max_tokens``
-        tokens (whole blocks) are loaded: the engine keeps the last prompt token to run.
+        Counts hits and misses, and a reuse on every chunk of the prefix. At most
+        ``max_tokens`` tokens (whole blocks) are loaded: the engine keeps the last prompt
+        token to run. Positions before ``start`` are left as they are (the engine's buffer
+        already holds them, exactly): only what lies past it is restored, and dequantized.
         """
         found = self._index.match(token_ids)
         now = self._clock()
         loaded = 0
         for block in found.entries:
-            start, stop = block.tokens
+            first, stop = block.tokens
             if max_tokens is not None and stop > max_tokens:
                 break
+            skip = min(max(start - first, 0), stop - first)
             for chunk, k_out, v_out in zip(block.chunks, key_out, value_out, strict=True):
-                k, v = chunk.restore()
-                k_out[:, start:stop] = k
-                v_out[:, start:stop] = v
+                if skip < stop - first:
+                    k, v = chunk.restore()
+                    k_out[:, first + skip:stop] = k[:, skip:]
+                    v_out[:, first + skip:stop] = v[:, skip:]
                 chunk.touch(now)
             loaded = stop
         return loaded
@@ -284,6 +294,8 @@ class KvStore:
         for chunk in block.chunks:
             chunk.discard()
         self._index.remove(block.key)
+        self.dropped_blocks += 1
+        self.dropped_tokens += block.tokens[1] - block.tokens[0]
         if block.parent is not None:
             parent = self._index.get(block.parent)
             if parent is not None:
@@ -327,10 +339,13 @@ class KvStore:
         return moved + self.enforce_budget()
 
     def enforce_budget(self) -> int:
-        """Demote unprotected chunks until the store fits ``host_pool_bytes``.
+        """Demote chunks until the store fits ``host_pool_bytes``; return the moves.
 
-        Returns the number of moves. Protected blocks are never touched, so a store whose
-        protected part alone exceeds the budget stays over it.
+        Unprotected chunks go down the levels first (see the module docstring). When that
+        is not enough, the budget is a hard limit: protected blocks go to L3 too, least
+        recently used first, whole and exact (spilled as they are, or dropped: a dropped
+        block's KV is recomputed when its prompt comes back, so it costs time, never
+        quality). Protection means "never quantized", not "kept whatever the memory".
         """
         total = self.stats().total_nbytes
         if total <= self.config.host_pool_bytes:
@@ -350,15 +365,29 @@ class KvStore:
         return moves + self._evict_until(total)
 
     def _evict_until(self, total: int) -> int:
+        total, moves = self._evict(total, protected=False)
+        if total > self.config.host_pool_bytes:
+            total, more = self._evict(total, protected=True)
+            moves += more
+        return moves
+
+    def _evict(self, total: int, *, protected: bool) -> tuple[int, int]:
+        """Evict blocks until ``total`` fits: unprotected ones by importance, or (last
+        resort) any, least recently used first and the later tokens of a chain first."""
         moves = 0
         spill = self.config.spill_dir
         while total > self.config.host_pool_bytes:
             # Without a spill directory only leaves may go: see the module docstring.
-            candidates = [b for b in self.blocks() if not self.is_protected(b)
+            candidates = [b for b in self.blocks()
+                          if (protected or not self.is_protected(b))
                           and b.level is not Level.L3 and (spill is not None or not b.children)]
             if not candidates:
                 break
-            victim = min(candidates, key=lambda b: max(c.importance for c in b.chunks))
+            if protected:
+                victim = min(candidates, key=lambda b: (
+                    max(c.last_access_ns for c in b.chunks), -b.tokens[0]))
+            else:
+                victim = min(candidates, key=lambda b: max(c.importance for c in b.chunks))
             total -= sum(c.nbytes for c in victim.chunks)
             if spill is None:
                 self._drop(victim)
@@ -366,17 +395,27 @@ class KvStore:
                 for chunk in victim.chunks:
                     chunk.move_to(Level.L3, spill)
             moves += 1
-        return moves
+        return total, moves
 
     # -- accounting -------------------------------------------------------------------
 
     def stats(self) -> LevelStats:
         counts = dict.fromkeys(Level, 0)
         nbytes = dict.fromkeys(Level, 0)
+        token_layers = dict.fromkeys(Level, 0)
         spilled = exact = 0
-        for chunk in self.chunks():
-            counts[chunk.level] += 1
-            nbytes[chunk.level] += chunk.nbytes
-            spilled += chunk.spill_bytes
-            exact += chunk.exact_nbytes
-        return LevelStats(counts, nbytes, spilled, exact, self._index.hits, self._index.misses)
+        layers = 1
+        for block in self.blocks():
+            layers = max(layers, len(block.chunks))
+            span = block.tokens[1] - block.tokens[0]
+            for chunk in block.chunks:
+                counts[chunk.level] += 1
+                nbytes[chunk.level] += chunk.nbytes
+                token_layers[chunk.level] += span
+                spilled += chunk.spill_bytes
+                exact += chunk.exact_nbytes
+        # A token counts at a level in proportion to its layers there (chunks of one block
+        # may sit at different levels after a budget round).
+        tokens = {lvl: round(n / layers) for lvl, n in token_layers.items()}
+        return LevelStats(counts, nbytes, spilled, exact, self._index.hits, self._index.misses,
+                          tokens)

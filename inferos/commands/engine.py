@@ -28,6 +28,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="execution provider: cpu, dml, cuda or an onnxruntime name "
                         "(default: the best available)")
     p.add_argument("--kv-precision", default=None, help="KV cache precision (default fp32)")
+    p.add_argument("--host-pool-bytes", default=None,
+                   help="memory for parked KV (prefix cache) before it is quantized or "
+                        "evicted, e.g. 512MiB (default: the policy's io.host_pool_bytes, "
+                        "4096MiB)")
+    p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                   help="never reuse the KV of an earlier prompt's prefix")
     p.add_argument("--api-key", default=os.environ.get("LEMONADE_API_KEY") or None,
                    help="require 'Authorization: Bearer KEY' (env LEMONADE_API_KEY)")
     p.add_argument("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
@@ -68,11 +74,20 @@ async def _engine(args: argparse.Namespace) -> int:
         raise ConfigError(exc.message, key="provider") from exc
     if args.ctx_size is not None and args.ctx_size <= 0:
         raise ConfigError("must be a positive number of tokens", key="ctx-size")
+    host_pool_bytes = options.host_pool_bytes
+    if args.host_pool_bytes is not None:
+        from inferos.controller.config import byte_size
+
+        try:
+            host_pool_bytes = byte_size(args.host_pool_bytes)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="host-pool-bytes") from exc
     options = EngineOptions(
         provider=provider, threads=args.threads,
         graph_optimization=options.graph_optimization,
         kv_precision=args.kv_precision or options.kv_precision,
-        ctx_size=args.ctx_size or options.ctx_size)
+        ctx_size=args.ctx_size or options.ctx_size,
+        prefix_cache=args.prefix_cache, host_pool_bytes=host_pool_bytes)
     model = args.model or DEFAULT_MODEL
     catalog, model_id = catalog_for(model)
     settings = EngineSettings(model=model_id, host=args.host, port=args.port, options=options,

@@ -80,6 +80,21 @@ def test_shared_system_prompt_hits_and_divergence_misses() -> None:
     assert store.load_into(system + _tokens(64, seed=1), k_buf, v_buf, max_tokens=127) == 96
 
 
+def test_load_into_leaves_what_the_buffer_already_holds() -> None:
+    store = KvStore()
+    ids = _tokens(128)
+    keys, values = _kv(128)
+    store.put(ids, keys, values)
+    k_buf = [np.full((HEADS, 200, DIM), 7.0, np.float32) for _ in range(LAYERS)]
+    v_buf = [np.full((HEADS, 200, DIM), 7.0, np.float32) for _ in range(LAYERS)]
+    assert store.load_into(ids, k_buf, v_buf, start=40) == 128
+    assert (k_buf[0][:, :40] == 7.0).all() and (v_buf[1][:, :40] == 7.0).all()
+    assert np.array_equal(k_buf[0][:, 40:128], keys[0][:, 40:128])
+    assert np.array_equal(v_buf[1][:, 40:128], values[1][:, 40:128])
+    assert store.load_into(ids, k_buf, v_buf, start=200) == 128  # nothing to write
+    assert all(c.reuse_count == 2 for c in store.chunks())
+
+
 def _fill(store: KvStore, n: int = 512, seed: int = 0) -> tuple[list[int], list[np.ndarray],
                                                                    list[np.ndarray]]:
     ids = _tokens(n, seed)
@@ -137,17 +152,37 @@ def test_tight_budget_spills_and_restores_from_disk(tmp_path: Path) -> None:
     store = KvStore(KvStoreConfig(host_pool_bytes=1, spill_dir=tmp_path))
     ids, keys, values = _fill(store, 256)
     stats = store.stats()
-    assert stats.chunks[Level.L3] == 5 * LAYERS  # all but block 0 and the last two
+    # A budget of one byte is a hard limit: everything goes to disk, the protected blocks
+    # (block 0 and the last two) too, but as they were, exact.
+    assert stats.chunks[Level.L3] == 8 * LAYERS and stats.total_nbytes == 0
     assert stats.nbytes[Level.L3] == 0 and stats.spilled_bytes > 0
-    assert len(list(tmp_path.iterdir())) == 5 * LAYERS
+    assert len(list(tmp_path.iterdir())) == 8 * LAYERS
     got_k, _ = store.get(ids)
-    # Spilled after the INT8 and INT4 rounds: what comes back is the INT4 payload.
     for block in store.blocks():
         a, b = block.tokens
         chunk = block.chunks[0]
         assert np.abs(got_k[0][:, a:b] - keys[0][:, a:b]).max() <= chunk.max_abs_error
-        if block.level is Level.L3:
-            assert chunk.spilled_from is Level.L2
+        # Unprotected: spilled after the INT8 and INT4 rounds, the INT4 payload comes back.
+        assert chunk.spilled_from is (Level.L0 if store.is_protected(block) else Level.L2)
+        if store.is_protected(block):
+            assert np.array_equal(got_k[0][:, a:b], keys[0][:, a:b])
+
+
+def test_hard_budget_drops_the_least_recently_used_session_first() -> None:
+    clock = FakeClock()
+    block_bytes = LAYERS * 2 * HEADS * 32 * DIM * 4
+    # Room for one 96-token session at L0 (all of it protected), not two.
+    store = KvStore(KvStoreConfig(host_pool_bytes=4 * block_bytes), clock=clock)
+    old, new = _tokens(96, seed=1), _tokens(96, seed=2)
+    store.put(old, *_kv(96, seed=1))
+    clock.now = 10**9
+    store.put(new, *_kv(96, seed=2))
+    assert store.stats().total_nbytes <= 4 * block_bytes
+    assert store.match(new) == 96  # the session just parked is whole
+    assert store.match(old) < 96  # the older one lost its tail, never quantized
+    assert all(b.level is Level.L0 for b in store.blocks())
+    assert store.dropped_blocks >= 2 and store.dropped_tokens == 32 * store.dropped_blocks
+    assert store.stats().tokens[Level.L0] == 32 * len(store)
 
 
 def test_without_spill_only_leaves_are_dropped() -> None:

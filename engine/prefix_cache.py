@@ -1,0 +1,122 @@
+"""The engine's prefix cache: KV of finished generations, kept across requests in a KvStore.
+
+After a generation, ``save`` puts the KV of every token the buffer holds (prompt and
+generated, positions ``[0, len(buffer.tokens))``) into a ``kvstore.KvStore``, keyed by
+chained hashes of 32-token blocks. Before the next prefill, ``restore`` writes the
+longest stored prefix of the new prompt into the buffer it is about to use, past what
+that buffer already holds exactly, so only the rest is prefilled: the next turn of a
+chat, another conversation's turn after the buffer served someone else, a shared system
+prompt. A stored block may sit at L1 (INT8) or L2 (INT4) after memory pressure: it is
+dequantized into the buffer and stays at its level in the store.
+
+Memory pressure is the store's byte budget (``host_pool_bytes``, the policy's
+``io.host_pool_bytes``): every ``save`` ends with ``KvStore.enforce_budget``, which moves
+the least important unprotected chunks down L0 -> INT8 -> INT4 -> evicted, keeps the
+attention sinks and the recent window of each sequence exact, and under a budget too
+small even for those, drops whole blocks of the least recently used sessions (a recompute
+later, never a quality loss).
+
+``kv_levels`` reports the store: tokens and bytes per level, metadata included. L3 counts
+the tokens evicted so far (gone, or on disk with a spill directory) and the bytes on disk.
+
+Not thread-safe: it lives on the engine's one generation thread, as the buffers do.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from inferos.engine.kv_buffers import KvBuffer, KvShape
+from inferos.kvstore.accounting import ModelKvShape, kv_bytes
+from inferos.kvstore.levels import Level
+from inferos.kvstore.store import KvStore, KvStoreConfig
+
+__all__ = ["PrefixCache"]
+
+
+@dataclass
+class _Counters:
+    restored_tokens: int = 0  # tokens the store wrote into a buffer (not already there)
+    restore_s: float = 0.0
+    saves: int = 0
+    saved_blocks: int = 0
+    save_s: float = 0.0
+
+
+class PrefixCache:
+    """Moves KV between an engine's ``KvBuffer``s and a ``KvStore``."""
+
+    def __init__(self, shape: KvShape, config: KvStoreConfig) -> None:
+        self.shape = shape
+        self.store = KvStore(config)
+        self.counters = _Counters()
+
+    @property
+    def config(self) -> KvStoreConfig:
+        return self.store.config
+
+    def restore(self, buffer: KvBuffer, prompt: list[int], held: int, limit: int) -> int:
+        """Fill ``buffer`` with the stored prefix of ``prompt``, up to ``limit`` tokens.
+
+        ``held``: leading tokens of ``prompt`` the buffer already holds (kept as they are).
+        Returns how many leading tokens of ``prompt`` the buffer holds now; its ``tokens``
+        say so.
+        """
+        started = time.perf_counter()
+        keys = [k[0] for k in buffer.keys]
+        values = [v[0] for v in buffer.values]
+        stored = self.store.load_into(prompt, keys, values, max_tokens=limit, start=held)
+        if stored > held:
+            buffer.tokens = list(prompt[:stored])
+            self.counters.restored_tokens += stored - held
+            held = stored
+        self.counters.restore_s += time.perf_counter() - started
+        return held
+
+    def save(self, buffer: KvBuffer) -> int:
+        """Store the buffer's full blocks not stored yet; returns how many were new."""
+        if len(buffer.tokens) < self.config.block_tokens:
+            return 0
+        started = time.perf_counter()
+        new = self.store.put(buffer.tokens, [k[0] for k in buffer.keys],
+                             [v[0] for v in buffer.values])
+        self.counters.saves += 1
+        self.counters.saved_blocks += new
+        self.counters.save_s += time.perf_counter() - started
+        return new
+
+    def clear(self) -> None:
+        self.store = KvStore(self.store.config)
+
+    # -- accounting -------------------------------------------------------------------
+    def kv_levels(self) -> dict[str, dict[str, int]]:
+        """``{L0..L3: {tokens, bytes}}``, the shape the controller turns into metrics."""
+        stats = self.store.stats()
+        levels = {lvl.name: {"tokens": stats.tokens.get(lvl, 0), "bytes": stats.nbytes[lvl]}
+                  for lvl in Level}
+        levels["L3"] = {"tokens": stats.tokens.get(Level.L3, 0) + self.store.dropped_tokens,
+                        "bytes": stats.spilled_bytes}
+        return levels
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.store.stats()
+        held = sum(n for lvl, n in stats.tokens.items() if lvl is not Level.L3)
+        model = ModelKvShape(self.shape.layers, self.shape.kv_heads, self.shape.head_dim)
+        c = self.counters
+        return {
+            "blocks": len(self.store), "block_tokens": self.config.block_tokens,
+            "bytes": stats.total_nbytes,
+            # The same tokens held exactly in float16, as llama.cpp's default KV cache would.
+            "fp16_bytes": kv_bytes(model, held, Level.L0, exact_itemsize=2),
+            "exact_bytes": stats.exact_nbytes,
+            "spilled_bytes": stats.spilled_bytes,
+            "host_pool_bytes": self.config.host_pool_bytes,
+            "block_hits": stats.hits, "block_misses": stats.misses,
+            "dropped_blocks": self.store.dropped_blocks,
+            "restored_tokens": c.restored_tokens,
+            "restore_seconds": round(c.restore_s, 3),
+            "saves": c.saves, "saved_blocks": c.saved_blocks,
+            "save_seconds": round(c.save_s, 3),
+        }
