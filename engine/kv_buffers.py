@@ -55,6 +55,14 @@ class KvBuffer:
     key_values: list[ort.OrtValue]
     value_values: list[ort.OrtValue]
     tokens: list[int] = field(default_factory=list)  # what positions [0, len) hold
+    # After an eviction inside the context (engine/context_eviction.py), positions from
+    # exact_len on hold moved, re-rotated KV: not what a prefill of their tokens gives.
+    exact_len: int | None = None
+
+    @property
+    def exact_tokens(self) -> list[int]:
+        """The leading tokens whose KV is exactly a prefill's: the reusable prefix."""
+        return self.tokens if self.exact_len is None else self.tokens[:self.exact_len]
 
     @classmethod
     def allocate(cls, shape: KvShape) -> KvBuffer:
@@ -67,12 +75,20 @@ class KvBuffer:
                    [ort.OrtValue.ortvalue_from_numpy(a) for a in values])
 
     def common_prefix(self, prompt: list[int]) -> int:
-        """How many leading tokens of ``prompt`` this buffer already holds."""
-        limit = min(len(self.tokens), len(prompt))
+        """How many leading tokens of ``prompt`` this buffer already holds, exactly."""
+        tokens = self.exact_tokens
+        limit = min(len(tokens), len(prompt))
         n = 0
-        while n < limit and self.tokens[n] == prompt[n]:
+        while n < limit and tokens[n] == prompt[n]:
             n += 1
         return n
+
+    def keep_prefix(self, n: int) -> None:
+        """Forget all but the first ``n`` tokens (at most the exact ones): the next run
+        writes over the rest."""
+        assert n <= len(self.exact_tokens), (n, len(self.exact_tokens))
+        self.tokens = self.tokens[:n]
+        self.exact_len = None
 
 
 class KvPool:
@@ -134,7 +150,7 @@ class KvPool:
     def cached_tokens(self) -> int:
         """Tokens held by the free buffers, kept for prefix reuse."""
         with self._lock:
-            return sum(len(b.tokens) for b in self._free)
+            return sum(len(b.exact_tokens) for b in self._free)
 
     def stats(self) -> dict[str, int]:
         with self._lock:

@@ -47,6 +47,7 @@ def requested_options(request: LoadRequest, base: EngineOptions) -> EngineOption
         ctx_size=request.ctx_size or base.ctx_size,
         prefix_cache=base.prefix_cache,
         host_pool_bytes=base.host_pool_bytes,
+        kv_allow_evict=base.kv_allow_evict,
     )
 
 
@@ -66,4 +67,5 @@ def already_in_effect(wanted: EngineOptions, current: EngineOptions, max_context
         and wanted.kv_precision == current.kv_precision
         and wanted.prefix_cache == current.prefix_cache
         and wanted.host_pool_bytes == current.host_pool_bytes
+        and wanted.kv_allow_evict == current.kv_allow_evict
     )

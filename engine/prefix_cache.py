@@ -70,17 +70,20 @@ class PrefixCache:
         stored = self.store.load_into(prompt, keys, values, max_tokens=limit, start=held)
         if stored > held:
             buffer.tokens = list(prompt[:stored])
+            buffer.exact_len = None
             self.counters.restored_tokens += stored - held
             held = stored
         self.counters.restore_s += time.perf_counter() - started
         return held
 
     def save(self, buffer: KvBuffer) -> int:
-        """Store the buffer's full blocks not stored yet; returns how many were new."""
-        if len(buffer.tokens) < self.config.block_tokens:
+        """Store the buffer's full blocks not stored yet (of its exact tokens: none that
+        an eviction inside the context moved); returns how many were new."""
+        tokens = buffer.exact_tokens
+        if len(tokens) < self.config.block_tokens:
             return 0
         started = time.perf_counter()
-        new = self.store.put(buffer.tokens, [k[0] for k in buffer.keys],
+        new = self.store.put(tokens, [k[0] for k in buffer.keys],
                              [v[0] for v in buffer.values])
         self.counters.saves += 1
         self.counters.saved_blocks += new

@@ -32,11 +32,13 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from inferos.engine.chat_template import ChatTemplate
+from inferos.engine.context_eviction import ContextEvictor
 from inferos.engine.detokenize import Detokenizer
 from inferos.engine.kv_buffers import KvBuffer, KvPool, KvShape
 from inferos.engine.prefix_cache import PrefixCache
 from inferos.engine.sampling import next_token
 from inferos.errors import ModelError
+from inferos.kvstore.rotary import measured_frequencies
 from inferos.kvstore.store import KvStoreConfig
 
 KV_PRECISIONS = ("fp32",)
@@ -61,7 +63,9 @@ class EngineOptions:
     """How a model is loaded. ``provider`` None: the best this onnxruntime offers (CUDA,
     then DirectML, then CPU); ``threads`` None: ONNX Runtime's default (physical cores).
     ``prefix_cache``: reuse the KV of earlier prompts' prefixes; ``host_pool_bytes``: what
-    the prefix cache's store may hold before it demotes (policy ``io.host_pool_bytes``)."""
+    the prefix cache's store may hold before it demotes (policy ``io.host_pool_bytes``);
+    ``kv_allow_evict``: a context that outgrows ``ctx_size`` evicts its least important
+    tokens instead of ending (policy ``kv.allow_evict``, engine/context_eviction.py)."""
 
     provider: str | None = None
     threads: int | None = None
@@ -70,6 +74,7 @@ class EngineOptions:
     ctx_size: int = 4096
     prefix_cache: bool = True
     host_pool_bytes: int = DEFAULT_HOST_POOL_BYTES
+    kv_allow_evict: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,8 @@ class LoadedModel:
             self.kv_shape, KvStoreConfig(host_pool_bytes=options.host_pool_bytes)
         ) if options.prefix_cache else None
         self.pool = KvPool(self.kv_shape, cache=self.prefix_cache)
+        self.evictor = ContextEvictor(self._rotary_frequencies()) \
+            if options.kv_allow_evict else None
         eos = genai.get("eos_token_id", [])
         self.stop_ids = frozenset(eos if isinstance(eos, list) else [eos]) | frozenset(
             i for i in (self.tokenizer.token_to_id(t) for t in ("<|endoftext|>", "<|im_end|>"))
@@ -180,6 +187,29 @@ class LoadedModel:
             return value.get("content", "") if isinstance(value, dict) else str(value)
 
         return ChatTemplate(path.read_text(), token("bos_token"), token("eos_token"))
+
+    def _rotary_frequencies(self) -> np.ndarray:
+        """The graph's rotary angle per position of each dimension pair, measured: the
+        layer-0 keys of one token at positions 0, 1 and 2 differ by the rotation alone.
+        The graph does not say its rotary base; this works for any of them."""
+        shape = self.kv_shape
+        feed: dict[str, np.ndarray] = {
+            "input_ids": np.full((1, 3), 1, dtype=np.int64),
+            "attention_mask": np.ones((1, 3), dtype=np.int64)}
+        empty = np.zeros((1, shape.kv_heads, 0, shape.head_dim), dtype=np.float32)
+        for past_k, past_v in self._past:
+            feed[past_k] = feed[past_v] = empty
+        try:
+            (keys,) = self.session.run([self._present[0][0]], feed)
+        except Exception as exc:  # onnxruntime's errors have no common base class
+            raise ModelError(f"onnxruntime failed: {exc}") from exc
+        k = keys[0]  # [H, 3, D]
+        once = measured_frequencies(k[:, 0], k[:, 1])
+        twice = measured_frequencies(k[:, 0], k[:, 2])
+        if not np.allclose(np.angle(np.exp(2j * once)), twice, atol=1e-3):
+            raise ModelError("this graph's keys are not rotated as Llama's are (half-split "
+                             "rotary): eviction inside a context is not available")
+        return once
 
     # -- text -------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -238,24 +268,35 @@ class LoadedModel:
                 counters.kv_bytes_copied += source.nbytes
 
     def _prefill(self, buffer: KvBuffer, prompt: list[int], reuse: int) -> np.ndarray:
-        buffer.tokens = buffer.tokens[:reuse]  # the rest of what it held is overwritten
+        buffer.keep_prefix(reuse)  # the rest of what it held is overwritten
         logits: np.ndarray | None = None
         position = reuse
+        # With eviction, a chunk must fit beside the sinks and the recent window.
+        step = PREFILL_CHUNK if self.evictor is None else min(PREFILL_CHUNK,
+                                                              self.ctx_size // 4)
         while position < len(prompt):
-            chunk = prompt[position:position + PREFILL_CHUNK]
-            logits = self._run(buffer, chunk, position)
+            chunk = prompt[position:position + step]
+            self._ensure_room(buffer, len(chunk))
+            logits = self._run(buffer, chunk, len(buffer.tokens))
             position += len(chunk)
             buffer.tokens.extend(chunk)
         assert logits is not None
         return logits
 
+    def _ensure_room(self, buffer: KvBuffer, need: int) -> None:
+        if len(buffer.tokens) + need > self.ctx_size:
+            assert self.evictor is not None, "generate() keeps within the context"
+            self.evictor.make_room(buffer, need)
+
     def generate(self, prompt_ids: list[int], params: SamplingParams,
                  cancelled: Callable[[], bool] | None = None) -> Iterator[TokenEvent]:
         """Yields the generated tokens. Raises ValueError for a prompt that is empty or
-        leaves no room in the context; ModelError when onnxruntime fails."""
+        leaves no room in the context (unless ``kv_allow_evict``: then the context makes
+        room by evicting, and a generation ends only at a stop or ``max_tokens``);
+        ModelError when onnxruntime fails."""
         if not prompt_ids:
             raise ValueError("the prompt is empty")
-        if len(prompt_ids) >= self.ctx_size:
+        if len(prompt_ids) >= self.ctx_size and self.evictor is None:
             raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the context holds "
                              f"{self.ctx_size}, and at least one must be left to generate")
         vocab = int(self.tokenizer.get_vocab_size())
@@ -298,7 +339,8 @@ class LoadedModel:
             rng = np.random.default_rng(params.seed)
             detok = Detokenizer(self.tokenizer, skip=self.stop_ids)
             history = list(prompt)
-            limit = min(params.max_tokens, self.ctx_size - len(prompt))
+            limit = params.max_tokens if self.evictor is not None else \
+                min(params.max_tokens, self.ctx_size - len(prompt))
             for produced in range(1, limit + 1):
                 if cancelled is not None and cancelled():
                     return
@@ -317,6 +359,7 @@ class LoadedModel:
                     return
                 yield TokenEvent(token, text, None, cached)
                 started = time.perf_counter()
+                self._ensure_room(buffer, 1)
                 logits = self._run(buffer, [token], len(buffer.tokens))
                 buffer.tokens.append(token)
                 counters.decode_s += time.perf_counter() - started
@@ -330,6 +373,10 @@ class LoadedModel:
         pool: dict[str, Any] = dict(self.pool.stats())
         pool["cached_tokens"] = self.pool.cached_tokens()
         cache = self.prefix_cache
+        evicted = self.evictor.evicted_tokens if self.evictor is not None else 0
+        levels = cache.kv_levels() if cache is not None else {
+            level: {"tokens": 0, "bytes": 0} for level in ("L0", "L1", "L2", "L3")}
+        levels["L3"]["tokens"] += evicted  # L3 also counts tokens evicted inside a context
         return {
             "engine": {"model": self.name, "provider": self.provider,
                        "ctx_size": self.ctx_size, "threads": self.options.threads,
@@ -342,12 +389,14 @@ class LoadedModel:
                         "bytes_per_generation": c.kv_bytes_copied // max(c.generations, 1)},
             "kv_pool": pool,
             # The prefix cache's store; the pool's free buffer is in kv_pool.
-            "kv_levels": cache.kv_levels() if cache is not None else {
-                level: {"tokens": 0, "bytes": 0} for level in ("L0", "L1", "L2", "L3")},
+            "kv_levels": levels,
             "prefix_cache": {"enabled": cache is not None,
                              "hits": c.prefix_hits, "misses": c.prefix_misses,
                              "reused_tokens": c.reused_tokens},
             "kv_store": cache.stats() if cache is not None else None,
+            "context_eviction": {"enabled": self.evictor is not None,
+                                 "evictions": self.evictor.evictions if self.evictor else 0,
+                                 "evicted_tokens": evicted},
         }
 
     def close(self) -> None:

@@ -3,7 +3,9 @@
 A chunk holds K and V shaped [H, T, D] and moves between levels (see levels.py) with
 ``move_to``. Every move is reversible in the sense the engine needs:
 
-- L0 keeps the arrays exactly as given;
+- L0 keeps the arrays exactly as given, or, after ``to_half`` (the cheapest step under
+  memory pressure for float32 KV), in float16: the precision llama.cpp's and most
+  engines' KV caches hold as their full precision, within ``max_abs_error``;
 - L1/L2 keep ``QuantizedTensor`` pairs that restore shape and dtype, each element within
   the bound of the quantizations it went through (``max_abs_error`` adds them up: a chunk
   taken L0 -> L1 -> L2 was quantized twice);
@@ -147,13 +149,39 @@ class KvChunk:
     def restore(self) -> tuple[np.ndarray, np.ndarray]:
         """(keys, values) as float arrays of the original shape and dtype; level unchanged.
 
-        Exact at L0 (the stored arrays themselves, not copies), within ``max_abs_error``
-        at L1/L2, and for a spilled L3 chunk whatever its level was when spilled.
+        Exact at L0 (the stored arrays themselves, not copies) unless halved, within
+        ``max_abs_error`` at L1/L2 and halved L0, and for a spilled L3 chunk whatever its
+        level was when spilled.
         """
         keys, values = self._payload()
-        out = tuple(p if isinstance(p, np.ndarray) else dequantize(p) for p in (keys, values))
+        out = tuple(p.astype(self.dtype, copy=False) if isinstance(p, np.ndarray)
+                    else dequantize(p) for p in (keys, values))
         assert all(a.shape == self.shape and a.dtype == self.dtype for a in out)
         return out[0], out[1]
+
+    @property
+    def halved(self) -> bool:
+        """True when an L0 chunk holds its float32 KV in float16 (see ``to_half``)."""
+        return isinstance(self.keys, np.ndarray) and self.keys.dtype != self.dtype
+
+    def to_half(self) -> bool:
+        """Hold an L0 float32 chunk in float16: half the bytes, error <= 2^-11 relative.
+
+        Returns False (and changes nothing) when there is nothing to halve: another
+        level, already float16, or a value beyond float16's range.
+        """
+        if self.level is not Level.L0 or self.dtype != np.float32 or self.halved:
+            return False
+        assert isinstance(self.keys, np.ndarray) and isinstance(self.values, np.ndarray)
+        limit = float(np.finfo(np.float16).max)
+        if any(float(np.abs(a).max()) > limit for a in (self.keys, self.values)):
+            return False
+        halves = [a.astype(np.float16) for a in (self.keys, self.values)]
+        self.max_abs_error += max(float(np.abs(h.astype(np.float32) - a).max())
+                                  for h, a in zip(halves, (self.keys, self.values),
+                                                  strict=True))
+        self.keys, self.values = halves
+        return True
 
     def move_to(self, target: Level, spill_dir: Path | None = None) -> None:
         """Take the chunk to ``target``: quantize, dequantize, spill, drop or load back.

@@ -18,18 +18,43 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["compacted_shift", "rotate_keys"]
+__all__ = ["compacted_shift", "frequencies", "measured_frequencies", "rotate_keys"]
 
 
-def rotate_keys(keys: np.ndarray, shift: np.ndarray | int, base: float) -> np.ndarray:
+def frequencies(base: float, head_dim: int) -> np.ndarray:
+    """Each dimension pair's angle per position: ``base^(-2i/D)``, [D/2] float64."""
+    return np.asarray(base ** (-np.arange(head_dim // 2, dtype=np.float64) * 2 / head_dim))
+
+
+def measured_frequencies(at_0: np.ndarray, at_1: np.ndarray) -> np.ndarray:
+    """The angles per position of a graph that applies rotary itself, from the keys of
+    one token at positions 0 and 1 (``[..., D]`` each; keys of layer 0 depend on nothing
+    else, so they differ by the rotation alone). Pairs are weighted by their magnitude,
+    over every leading index (heads), so a near-zero pair does not spoil its estimate.
+    """
+    half = at_0.shape[-1] // 2
+    z0 = (at_0[..., :half] + 1j * at_0[..., half:]).astype(np.complex128).reshape(-1, half)
+    z1 = (at_1[..., :half] + 1j * at_1[..., half:]).astype(np.complex128).reshape(-1, half)
+    turn = (z1 * np.conj(z0)).sum(axis=0)  # |z0|^2-weighted mean rotation per pair
+    return np.asarray(np.angle(turn))
+
+
+def rotate_keys(keys: np.ndarray, shift: np.ndarray | int, base: float | None = None, *,
+                inv_freq: np.ndarray | None = None) -> np.ndarray:
     """``keys`` [H, T, D] moved by ``shift`` positions (per token [T], or one int).
 
-    Exact inverse: ``rotate_keys(rotate_keys(k, s, b), -s, b) == k`` up to rounding.
-    Returns a new array of the input dtype (computed in float64).
+    The rotation per pair is ``frequencies(base, D)``, or ``inv_freq`` when given (as
+    ``measured_frequencies`` finds it). Exact inverse:
+    ``rotate_keys(rotate_keys(k, s, b), -s, b) == k`` up to rounding. Returns a new array
+    of the input dtype (computed in float64).
     """
     assert keys.ndim == 3 and keys.shape[2] % 2 == 0, keys.shape
     half = keys.shape[2] // 2
-    inv_freq = base ** (-np.arange(half, dtype=np.float64) * 2 / keys.shape[2])
+    if inv_freq is None:
+        if base is None:
+            raise ValueError("rotate_keys needs a rotary base or the frequencies")
+        inv_freq = frequencies(base, keys.shape[2])
+    assert inv_freq.shape == (half,), inv_freq.shape
     shifts = np.broadcast_to(np.asarray(shift, dtype=np.float64), (keys.shape[1],))
     angle = shifts[:, None] * inv_freq[None, :]  # [T, D/2]
     cos, sin = np.cos(angle), np.sin(angle)

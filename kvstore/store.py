@@ -19,10 +19,12 @@ and only a leaf (no stored block continues it): a dropped block in the middle of
 would strand every block after it. With a spill directory any block may go to disk; it
 comes back.
 
-Demotion under budget works in rounds: first L0 -> L1 in ascending importance, then
-L1 -> L2, then L2 -> L3, stopping as soon as the store fits. Quantizing everything once
-costs less quality than evicting anything (see bench/kv_quality.py), so the store
-exhausts the cheaper step before it takes the next. The budget is a hard limit: if the
+Demotion under budget works in rounds, each in ascending importance, stopping as soon as
+the store fits: first float32 L0 chunks are held in float16 (still L0: the precision
+most engines' KV caches call full, 2^-11 relative error; the sinks and the recent window
+too), then L0 -> L1, then L1 -> L2, then L2 -> L3. Quantizing everything once costs less
+quality than evicting anything (see bench/kv_quality.py), so the store exhausts the
+cheaper step before it takes the next. The budget is a hard limit: if the
 protected blocks alone overflow it, they go to L3 whole (least recently used first),
 which costs a recompute when their prompt returns, never quality.
 
@@ -352,6 +354,13 @@ class KvStore:
             return 0
         self.rescore()
         moves = 0
+        for chunk in sorted(self.chunks(), key=lambda c: c.importance):
+            before = chunk.nbytes
+            if chunk.to_half():
+                total += chunk.nbytes - before
+                moves += 1
+                if total <= self.config.host_pool_bytes:
+                    return moves
         for target in (Level.L1, Level.L2):
             candidates = [c for b in self.blocks() if not self.is_protected(b)
                           for c in b.chunks if c.level < target]

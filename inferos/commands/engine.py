@@ -34,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         "4096MiB)")
     p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
                    help="never reuse the KV of an earlier prompt's prefix")
+    p.add_argument("--kv-allow-evict", action="store_true",
+                   help="a context that outgrows --ctx-size evicts its least important "
+                        "tokens instead of ending (the policy's kv.allow_evict)")
     p.add_argument("--api-key", default=os.environ.get("LEMONADE_API_KEY") or None,
                    help="require 'Authorization: Bearer KEY' (env LEMONADE_API_KEY)")
     p.add_argument("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
@@ -87,7 +90,8 @@ async def _engine(args: argparse.Namespace) -> int:
         graph_optimization=options.graph_optimization,
         kv_precision=args.kv_precision or options.kv_precision,
         ctx_size=args.ctx_size or options.ctx_size,
-        prefix_cache=args.prefix_cache, host_pool_bytes=host_pool_bytes)
+        prefix_cache=args.prefix_cache, host_pool_bytes=host_pool_bytes,
+        kv_allow_evict=args.kv_allow_evict)
     model = args.model or DEFAULT_MODEL
     catalog, model_id = catalog_for(model)
     settings = EngineSettings(model=model_id, host=args.host, port=args.port, options=options,

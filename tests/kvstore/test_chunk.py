@@ -114,3 +114,27 @@ def test_exact_rejects_mismatched_shapes() -> None:
         KvChunk.exact(ChunkId(0, (0, 3), (0, 64)), keys, values[:, :32])
     with pytest.raises(ValueError):
         KvChunk.exact(ChunkId(0, (0, 3), (0, 32)), keys, values)
+
+
+def test_halved_l0_restores_float32_within_float16_rounding(tmp_path: Path) -> None:
+    keys, values = _kv()
+    chunk = _chunk(keys, values)
+    assert chunk.to_half() and chunk.halved and chunk.level is Level.L0
+    assert not chunk.to_half()  # once is all
+    assert chunk.nbytes == chunk.exact_nbytes // 2
+    k, v = chunk.restore()
+    assert k.dtype == np.float32 and k.shape == keys.shape
+    assert 0 < np.abs(k - keys).max() <= chunk.max_abs_error <= 32 * 2.0**-11
+    chunk.move_to(Level.L3, tmp_path)  # spilled as float16, read back the same
+    chunk.move_to(Level.L0)
+    assert np.array_equal(chunk.restore()[1], v)
+    chunk.move_to(Level.L1)  # quantized from the float16 values, errors add up
+    assert np.abs(chunk.restore()[0] - keys).max() <= chunk.max_abs_error
+
+
+def test_values_beyond_float16_are_not_halved() -> None:
+    keys, values = _kv()
+    keys[0, 0, 0] = 1e6
+    chunk = _chunk(keys, values)
+    assert not chunk.to_half() and not chunk.halved
+    assert np.array_equal(chunk.restore()[0], keys)

@@ -6,7 +6,12 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inferos.kvstore.rotary import compacted_shift, rotate_keys
+from inferos.kvstore.rotary import (
+    compacted_shift,
+    frequencies,
+    measured_frequencies,
+    rotate_keys,
+)
 
 BASE = 100000.0
 
@@ -56,3 +61,13 @@ def test_zero_shift_is_identity_and_dtype_is_kept() -> None:
 def test_compacted_shift_counts_evicted_tokens_before_each_kept_one() -> None:
     keep = np.array([1, 1, 0, 0, 1, 0, 1, 1], dtype=bool)
     assert compacted_shift(keep).tolist() == [0, 0, -2, -3, -3]
+
+
+def test_frequencies_measured_from_two_positions_drive_the_same_rotation() -> None:
+    rng = np.random.default_rng(5)
+    raw = rng.normal(size=(3, 1, 64))
+    measured = measured_frequencies(_rope_reference(raw, 0, BASE), _rope_reference(raw, 1, BASE))
+    np.testing.assert_allclose(measured, frequencies(BASE, 64), atol=1e-12)
+    keys = _rope_reference(rng.normal(size=(3, 4, 64)), 50, BASE)
+    np.testing.assert_allclose(rotate_keys(keys, -9, inv_freq=measured),
+                               rotate_keys(keys, -9, BASE), atol=1e-9)
