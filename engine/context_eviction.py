@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from inferos.engine.kv_buffers import KvBuffer
-from inferos.kvstore.importance import ImportanceWeights, attention_proxy, semantic_proxy
+from inferos.kvstore.importance import ImportanceWeights, attention_proxy, semantic_proxies
 from inferos.kvstore.levels import DEFAULT_RECENT_WINDOW, DEFAULT_SINK_TOKENS
 from inferos.kvstore.prefix_index import DEFAULT_BLOCK_TOKENS
 from inferos.kvstore.rotary import compacted_shift, rotate_keys
@@ -76,8 +76,7 @@ class ContextEvictor:
         for key in buffer.keys:
             context = key[0, :, :used]
             attn = attention_proxy(context[:, -N_PROBES:], context, blocks)
-            recent = context[:, used - window:]
-            sem = np.array([semantic_proxy(context[:, a:b], recent) for a, b in blocks])
+            sem = semantic_proxies(context, blocks, context[:, used - window:])
             score += w.alpha * attn + w.gamma * sem
         return score / len(buffer.keys)
 

@@ -21,6 +21,7 @@ the store with the current weights.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from inferos.kvstore.quantize import (
     dequantize,
     error_bound,
     quantize,
+    quantized_nbytes,
 )
 from inferos.kvstore.spill import Payload, PayloadPart, read_payload, write_payload
 
@@ -124,7 +126,18 @@ class KvChunk:
     @property
     def exact_nbytes(self) -> int:
         """Bytes of the same K and V held exactly in their own dtype."""
-        return 2 * int(np.prod(self.shape)) * self.dtype.itemsize
+        return 2 * math.prod(self.shape) * self.dtype.itemsize
+
+    def nbytes_at(self, level: Level) -> int:
+        """Bytes this chunk would hold at ``level`` (an estimate at L1/L2: float16
+        metadata, which quantize.py uses unless values are huge)."""
+        if level is Level.L3:
+            return 0
+        if level is Level.L0:
+            return self.exact_nbytes
+        fmt = LEVEL_FORMATS[level]
+        return (quantized_nbytes(self.shape, fmt, self.group_size, KEY_GROUP_AXIS)
+                + quantized_nbytes(self.shape, fmt, self.group_size, VALUE_GROUP_AXIS))
 
     @property
     def quant(self) -> tuple[QuantizedTensor, QuantizedTensor] | None:

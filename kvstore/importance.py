@@ -37,6 +37,7 @@ __all__ = [
     "age_term",
     "attention_proxy",
     "frequency_term",
+    "semantic_proxies",
     "semantic_proxy",
 ]
 
@@ -109,6 +110,26 @@ def semantic_proxy(chunk_keys: np.ndarray, window_keys: np.ndarray) -> float:
     # A zero mean key has no direction: count it as neutral (cos 0) rather than divide by 0.
     cos = np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
     return float((1.0 + np.clip(cos, -1.0, 1.0).mean()) / 2.0)
+
+
+def semantic_proxies(keys: np.ndarray, token_ranges: Sequence[tuple[int, int]],
+                     window_keys: np.ndarray) -> np.ndarray:
+    """``semantic_proxy`` of every ``[start, stop)`` range of ``keys`` [H, T, D] at once
+    (prefix sums: one pass over the keys whatever the number of ranges)."""
+    assert keys.ndim == 3 and window_keys.ndim == 3
+    if not token_ranges:
+        return np.zeros(0)
+    starts = np.array([a for a, _ in token_ranges])
+    stops = np.array([b for _, b in token_ranges])
+    assert (0 <= starts).all() and (starts < stops).all() and stops.max() <= keys.shape[1]
+    sums = np.zeros((keys.shape[0], keys.shape[1] + 1, keys.shape[2]))
+    np.cumsum(keys.astype(np.float64), axis=1, out=sums[:, 1:])
+    means = (sums[:, stops] - sums[:, starts]) / (stops - starts)[None, :, None]  # [H, R, D]
+    b = window_keys.astype(np.float64).mean(axis=1)  # [H, D]
+    norms = np.linalg.norm(means, axis=2) * np.linalg.norm(b, axis=1)[:, None]
+    dots = np.einsum("hrd,hd->hr", means, b)
+    cos = np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+    return np.asarray((1.0 + np.clip(cos, -1.0, 1.0).mean(axis=0)) / 2.0)
 
 
 def frequency_term(reuse_count: int, w: ImportanceWeights) -> float:

@@ -36,6 +36,7 @@ either way it is counted in ``nbytes``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Final
 
@@ -57,6 +58,7 @@ __all__ = [
     "quantize",
     "quantize_int4",
     "quantize_int8",
+    "quantized_nbytes",
     "round_trip",
     "unpack_int4",
 ]
@@ -124,6 +126,15 @@ class QuantizedTensor:
     def nbytes(self) -> int:
         """Stored bytes: codes plus per-group scale and zero-point."""
         return int(self.codes.nbytes + self.scale.nbytes + self.zero.nbytes)
+
+
+def quantized_nbytes(shape: tuple[int, ...], fmt: QuantFormat, group_size: int,
+                     group_axis: int, meta_itemsize: int = 2) -> int:
+    """``QuantizedTensor.nbytes`` of a tensor of ``shape``, before quantizing it (float16
+    metadata unless told: see ``_meta_dtype`` for when it is float32)."""
+    n = shape[group_axis]
+    n_blocks = math.prod(shape) // n * -(-n // group_size)
+    return n_blocks * (group_size // fmt.codes_per_byte + 2 * meta_itemsize)
 
 
 def pack_int4(codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:

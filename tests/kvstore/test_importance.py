@@ -12,6 +12,7 @@ from inferos.kvstore.importance import (
     age_term,
     attention_proxy,
     frequency_term,
+    semantic_proxies,
     semantic_proxy,
 )
 
@@ -65,3 +66,13 @@ def test_weights_are_validated() -> None:
         ImportanceWeights(alpha=-1.0)
     with pytest.raises(ConfigError):
         ImportanceWeights(age_half_life_s=0.0)
+
+
+def test_semantic_proxies_equal_one_range_at_a_time() -> None:
+    rng = np.random.default_rng(4)
+    keys = rng.normal(size=(3, 200, 64)).astype(np.float32)
+    keys[:, 40:72] = 0.0  # a zero mean key: neutral, as in semantic_proxy
+    window = keys[:, -64:]
+    ranges = [(0, 32), (40, 72), (32, 160), (199, 200)]
+    expected = [semantic_proxy(keys[:, a:b], window) for a, b in ranges]
+    np.testing.assert_allclose(semantic_proxies(keys, ranges, window), expected, atol=1e-12)

@@ -21,6 +21,7 @@ from inferos.kvstore.quantize import (
     quantize,
     quantize_int4,
     quantize_int8,
+    quantized_nbytes,
     unpack_int4,
 )
 
@@ -195,3 +196,11 @@ def test_rejects_what_is_not_kv(x: np.ndarray, kwargs: dict[str, int]) -> None:
 def test_int4_rejects_odd_group_size() -> None:
     with pytest.raises(ValueError):
         quantize_int4(np.ones((2, 33), dtype=np.float32), group_size=33)
+
+
+@pytest.mark.parametrize("fmt", [INT8, INT4])
+@pytest.mark.parametrize("shape,axis", [((3, 32, 64), 1), ((3, 32, 64), 2), ((2, 45, 64), 1)])
+def test_quantized_nbytes_predicts_the_stored_size(fmt: QuantFormat, shape: tuple[int, ...],
+                                                   axis: int) -> None:
+    x = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+    assert quantized_nbytes(shape, fmt, 32, axis) == quantize(x, fmt, 32, axis).nbytes

@@ -280,3 +280,21 @@ def test_metrics_shape() -> None:
     metrics = store.stats().as_metrics()
     assert set(metrics) >= {"L0", "L1", "L2", "L3", "bytes", "prefix_hits", "prefix_misses"}
     assert metrics["L0"] == {"chunks": 2 * LAYERS, "bytes": 2 * LAYERS * 2 * HEADS * 32 * DIM * 4}
+
+
+def test_chunks_the_int4_round_takes_are_quantized_once() -> None:
+    from dataclasses import replace
+
+    store = KvStore(KvStoreConfig(host_pool_bytes=2**40))
+    _fill(store)
+    exact = store.nbytes()
+    # float16 everywhere: 1/2; all unprotected INT8: ~0.32; all INT4: ~0.22 of exact
+    store.config = replace(store.config, host_pool_bytes=exact // 4)
+    moves = store.enforce_budget()
+    stats = store.stats()
+    unprotected = 13 * LAYERS
+    assert stats.total_nbytes <= exact // 4
+    assert stats.chunks[Level.L1] > 0 and stats.chunks[Level.L2] > 0
+    assert stats.chunks[Level.L1] + stats.chunks[Level.L2] == unprotected
+    # every chunk halved once, then each unprotected one quantized once: INT4 ones too
+    assert moves == 16 * LAYERS + unprotected
