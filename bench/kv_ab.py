@@ -313,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     print("targets:")
     if ttft:
         cut = 1 - ttft["ON"]
-        print(f"  TTFT p50, chat, ON vs OFF: {cut:+.1%} lower (target >= 50%): "
-              f"{'met' if cut >= 0.5 else 'NOT met'}; ON, tight: {1 - ttft['ON, tight']:+.1%}")
+        print(f"  TTFT p50, chat, ON vs OFF: {cut:.1%} lower (target >= 50%): "
+              f"{'met' if cut >= 0.5 else 'NOT met'}; ON, tight: {1 - ttft['ON, tight']:.1%} lower")
     for limit, goal in ((0.1, 0.60), (0.5, 0.75)):
         if not settings:
             break

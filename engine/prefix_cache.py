@@ -10,11 +10,14 @@ prompt. A stored block may sit at L1 (INT8) or L2 (INT4) after memory pressure: 
 dequantized into the buffer and stays at its level in the store.
 
 Memory pressure is the store's byte budget (``host_pool_bytes``, the policy's
-``io.host_pool_bytes``): every ``save`` ends with ``KvStore.enforce_budget``, which moves
-the least important unprotected chunks down L0 -> INT8 -> INT4 -> evicted, keeps the
-attention sinks and the recent window of each sequence exact, and under a budget too
-small even for those, drops whole blocks of the least recently used sessions (a recompute
-later, never a quality loss).
+``io.host_pool_bytes``): every ``save`` ends with ``KvStore.enforce_budget``. Until the
+budget presses, parked KV stays exactly as the engine computed it (float32: a restored
+block gives the logits of a cold run, bit for bit). Then, least important first, the
+store holds L0 blocks in float16 (the full precision of most engines' KV caches), then
+moves unprotected chunks down INT8 -> INT4 -> evicted, keeping the attention sinks and
+the recent window of each sequence at L0; under a budget too small even for those, it
+drops whole blocks of the least recently used sessions (a recompute later, never a
+quality loss). bench/kv_ab.py measures what each step costs.
 
 ``kv_levels`` reports the store: tokens and bytes per level, metadata included. L3 counts
 the tokens evicted so far (gone, or on disk with a spill directory) and the bytes on disk.

@@ -294,6 +294,10 @@ class LoadedModel:
         leaves no room in the context (unless ``kv_allow_evict``: then the context makes
         room by evicting, and a generation ends only at a stop or ``max_tokens``);
         ModelError when onnxruntime fails."""
+        self._check(prompt_ids)
+        return self._generate(list(prompt_ids), params, cancelled)
+
+    def _check(self, prompt_ids: list[int]) -> None:
         if not prompt_ids:
             raise ValueError("the prompt is empty")
         if len(prompt_ids) >= self.ctx_size and self.evictor is None:
@@ -302,13 +306,12 @@ class LoadedModel:
         vocab = int(self.tokenizer.get_vocab_size())
         if any(not 0 <= t < vocab for t in prompt_ids):
             raise ValueError(f"token ids must be between 0 and {vocab - 1}")
-        return self._generate(list(prompt_ids), params, cancelled)
 
     def next_logits(self, prompt_ids: list[int]) -> np.ndarray:
         """The logits [vocab] of the token after ``prompt_ids``, computed as a generation's
         first token is (prefix reuse included); the prompt's KV is parked as a
         generation's is. For quality checks: restored KV against a cold run."""
-        self.generate(prompt_ids, SamplingParams(max_tokens=1))  # the same checks
+        self._check(prompt_ids)
         limit = len(prompt_ids) - 1
         buffer = self.pool.take(prompt_ids, limit)
         try:
