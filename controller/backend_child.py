@@ -101,7 +101,7 @@ class BackendChild:
 
 
 Launcher = Callable[[BackendSettings, int], BackendChild]
-ENGINE_FIELDS = ("ctx_size", "threads")
+ENGINE_FIELDS = ("ctx_size", "threads", "host_pool_bytes", "kv_allow_evict")
 LLAMACPP_FIELDS = ("ctx_size", "cache_type_k", "cache_type_v", "flash_attn", "threads")
 
 
@@ -114,6 +114,10 @@ def engine_launcher(model: str) -> Launcher:
             argv += ["--ctx-size", str(settings.ctx_size)]
         if settings.threads:
             argv += ["--threads", str(settings.threads)]
+        if settings.host_pool_bytes is not None:
+            argv += ["--host-pool-bytes", str(settings.host_pool_bytes)]
+        if settings.kv_allow_evict:
+            argv.append("--kv-allow-evict")
         return BackendChild(argv, port, "/api/v1/health")
     return launch
 

@@ -98,7 +98,8 @@ def decide(current: BackendSettings, policy: Policy, seen: Observed,
     settings = BackendSettings(
         ctx_size=ctx, cache_type_k=cache_type, cache_type_v=cache_type,
         flash_attn=cache_type != "f16",  # a quantized V cache needs flash attention
-        threads=threads, provider=provider)
+        threads=threads, provider=provider, host_pool_bytes=policy.io.host_pool_bytes,
+        kv_allow_evict=policy.kv.allow_evict)
     score = objective(seen.stats, cache_type, policy.quality.max_delta_ppl,
                       seen.energy_per_token_j)
     reason = f"ctx {ctx}: {ctx_reason}; kv {cache_type}: {kv_reason}"

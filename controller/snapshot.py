@@ -22,6 +22,10 @@ class BackendSettings:
     flash_attn: bool = False
     threads: int | None = None
     provider: str | None = None
+    # The embedded engine's KV store (llama.cpp and Lemonade have none): what parked KV may
+    # hold before it is demoted, and whether one long context may evict tokens.
+    host_pool_bytes: int | None = None
+    kv_allow_evict: bool = False
 
     def llamacpp_args(self) -> str:
         """The ``llamacpp_args`` string Lemonade's /load takes (no ctx-size: its own field)."""

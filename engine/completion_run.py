@@ -63,10 +63,16 @@ class Outcome:
                 "total_tokens": self.prompt_tokens + self.completion_tokens}
 
 
-def sampling_params(sampling: Sampling, prompt_tokens: int, ctx_size: int) -> SamplingParams:
-    """The core's parameters; ``max_tokens`` never runs past the end of the context."""
+def sampling_params(sampling: Sampling, prompt_tokens: int, ctx_size: int,
+                    allow_evict: bool = False) -> SamplingParams:
+    """The core's parameters; ``max_tokens`` never runs past the end of the context, unless
+    the model evicts tokens to make room (``kv_allow_evict``): then a prompt may be longer
+    than the context, and an unbounded request stops after one context's worth."""
     room = ctx_size - prompt_tokens
-    if room <= 0:
+    if allow_evict:
+        wanted = sampling.max_tokens if sampling.max_tokens is not None else ctx_size
+        room = wanted
+    elif room <= 0:
         raise context_exceeded(prompt_tokens, ctx_size)
     wanted = sampling.max_tokens if sampling.max_tokens is not None else room
     return SamplingParams(max_tokens=min(wanted, room), temperature=sampling.temperature,
@@ -77,7 +83,8 @@ def sampling_params(sampling: Sampling, prompt_tokens: int, ctx_size: int) -> Sa
 async def run_completion(slot: ModelSlot, state: LoadedState, prompt_ids: list[int],
                          sampling: Sampling) -> AsyncGenerator[str | Outcome, None]:
     """Yields text pieces, then one ``Outcome``. The caller holds ``slot.lock``."""
-    params = sampling_params(sampling, len(prompt_ids), state.ctx_size)
+    params = sampling_params(sampling, len(prompt_ids), state.ctx_size,
+                             state.options.kv_allow_evict)
     matcher = StopMatcher(sampling.stop)
     started = time.perf_counter()
     first_at = last_at = started

@@ -110,7 +110,9 @@ async def _generate(request: web.Request,
     async with engine.slot.lock:
         state = await _model_for(engine, generation.model)
         prompt_ids = _prompt_ids(state, generation)
-        sampling_params(generation.sampling, len(prompt_ids), state.ctx_size)  # 400 if too long
+        # 400 when the prompt does not fit (unless the model may evict to make room)
+        sampling_params(generation.sampling, len(prompt_ids), state.ctx_size,
+                        state.options.kv_allow_evict)
         shape = ResponseShape(chat=generation.is_chat, model=state.name)
         engine.stats.started()
         started = time.perf_counter()
