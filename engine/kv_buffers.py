@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -58,6 +58,10 @@ class KvBuffer:
     # After an eviction inside the context (engine/context_eviction.py), positions from
     # exact_len on hold moved, re-rotated KV: not what a prefill of their tokens gives.
     exact_len: int | None = None
+    # The IOBinding that binds these buffers as the graph's past and present, built once:
+    # rebinding 120 KV tensors every decode step cost ~0.4 ms of a ~25 ms step.
+    binding: Any = None
+    checked_runs: int = 0
 
     @property
     def exact_tokens(self) -> list[int]:
