@@ -191,8 +191,11 @@ def _round_to(values: np.ndarray, dtype: np.dtype, direction: float) -> np.ndarr
     cast = values.astype(dtype)
     wrong_side = (cast.astype(np.float64) - values) * direction < 0
     toward = np.array(np.inf * direction, dtype=dtype)
-    cast = np.where(wrong_side, np.nextafter(cast, toward), cast)
-    return cast
+    # nextafter runs on every element, chosen or not: at the dtype's extreme it overflows to
+    # inf where the cast was already exact (so not on the wrong side, and not used).
+    with np.errstate(over="ignore"):
+        stepped = np.nextafter(cast, toward)
+    return np.where(wrong_side, stepped, cast)
 
 
 def _meta_dtype(lo: np.ndarray, hi: np.ndarray) -> np.dtype:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -62,6 +62,8 @@ def test_round_trip_within_bound_for_any_shape_range_and_group(
 
 
 @settings(max_examples=40, deadline=None)
+@example(value=-3.4028234663852886e38, shape=(1, 1, 1), fmt=FORMATS[0])  # float32's extreme
+@example(value=3.4028234663852886e38, shape=(2, 3, 1), fmt=FORMATS[-1])
 @given(
     value=st.floats(width=32, allow_nan=False, allow_infinity=False),
     shape=hnp.array_shapes(min_dims=3, max_dims=3, min_side=1, max_side=20),
