@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
+import psutil
 
 from inferos.controller.snapshot import BackendSettings
 from inferos.errors import InferOSError
@@ -80,11 +81,25 @@ class BackendChild:
                     raise BackendStartError(f"{self.argv[2]} exited with code "
                                             f"{self.process.returncode} while starting")
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(self.url + self.health_path)).status_code == 200:
+                    if ((await client.get(self.url + self.health_path)).status_code == 200
+                            and self.owns_port()):
                         return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.process.wait(), 0.1)
         raise BackendStartError(f"backend at {self.url} not healthy within {timeout_s:.0f} s")
+
+    def owns_port(self) -> bool:
+        """True when our process listens on our port. A healthy answer alone is not enough:
+        two starts can both find a port free, and then the loser's health check is answered
+        by the winner's server while its own process fails to bind."""
+        if self.process is None:
+            return False
+        try:
+            listening = psutil.Process(self.process.pid).net_connections(kind="inet")
+        except (psutil.Error, OSError):
+            return False
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port
+                   for c in listening)
 
     async def stop(self) -> None:
         process, self.process = self.process, None
