@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import aiohttp
 import httpx
 import pytest
 
@@ -17,23 +16,10 @@ from inferos.controller.lemonade_actuator import LemonadeActuator, flavor_of
 from inferos.controller.managed_backend import ManagedBackend
 from inferos.tasks import TaskGroup
 from tests.controller.conftest import controller_settings, initial_settings, policy, proxy_settings
+from tests.controller.steady_load import steady_load
 from tests.engine.engine_process import MODEL, engine_process, prepared_model
 
 pytestmark = pytest.mark.model
-
-
-async def _steady_load(url: str, stop: asyncio.Event, results: list[int]) -> None:
-    body = {"model": MODEL, "max_tokens": 6, "temperature": 0, "stream": True,
-            "messages": [{"role": "user", "content": "Say hello."}]}
-    async with aiohttp.ClientSession() as client:
-        while not stop.is_set():
-            try:
-                async with client.post(url + "/api/v1/chat/completions", json=body) as resp:
-                    text = await resp.text()
-                    ok = resp.status == 200 and "[DONE]" in text
-                    results.append(200 if ok else resp.status or 599)
-            except aiohttp.ClientError:
-                results.append(599)
 
 
 async def _until(predicate, timeout_s: float = 120.0) -> None:  # type: ignore[no-untyped-def]
@@ -51,7 +37,9 @@ def _engine_ctx(url: str) -> int:
 async def _pin_ctx_under_load(agent: Agent, ctx_size: int, switched) -> list[int]:  # type: ignore[no-untyped-def]
     stop, results = asyncio.Event(), []
     tasks = TaskGroup()
-    tasks.start(_steady_load(agent.proxy.proxy_url, stop, results), name="steady-load")
+    load = steady_load(agent.proxy.proxy_url + "/api/v1/chat/completions", stop, results,
+                       MODEL, max_tokens=6)
+    tasks.start(load, name="steady-load")
     try:
         await _until(lambda: len(results) >= 2)
         agent.controller.set_policy({"backend": {"ctx_size": ctx_size}})

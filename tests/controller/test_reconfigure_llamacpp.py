@@ -16,26 +16,13 @@ from inferos.controller.managed_backend import ManagedBackend
 from inferos.tasks import TaskGroup
 from tests.backends import smollm2_gguf
 from tests.controller.conftest import controller_settings, initial_settings, policy, proxy_settings
+from tests.controller.steady_load import steady_load
 
 pytestmark = pytest.mark.llamacpp
 
 
 def _arg(argv: list[str], flag: str) -> str:
     return argv[argv.index(flag) + 1]
-
-
-async def _steady_load(url: str, stop: asyncio.Event, results: list[int]) -> None:
-    body = {"model": "smollm2", "max_tokens": 8, "temperature": 0, "stream": True,
-            "messages": [{"role": "user", "content": "Say hello."}]}
-    async with aiohttp.ClientSession() as client:
-        while not stop.is_set():
-            try:
-                async with client.post(url + "/v1/chat/completions", json=body) as resp:
-                    text = await resp.text()
-                    ok = resp.status == 200 and "[DONE]" in text
-                    results.append(200 if ok else resp.status or 599)
-            except aiohttp.ClientError:
-                results.append(599)
 
 
 async def test_policy_change_reaches_the_backend_with_zero_failed_requests(
@@ -52,7 +39,9 @@ async def test_policy_change_reaches_the_backend_with_zero_failed_requests(
         assert _arg(first["argv"], "--type_k") == "1"  # f16
         stop, results = asyncio.Event(), []
         tasks = TaskGroup()
-        tasks.start(_steady_load(agent.proxy.proxy_url, stop, results), name="steady-load")
+        load = steady_load(agent.proxy.proxy_url + "/v1/chat/completions", stop, results,
+                           "smollm2")
+        tasks.start(load, name="steady-load")
         while len(results) < 3:
             await asyncio.sleep(0.05)
         async with aiohttp.ClientSession() as client:
