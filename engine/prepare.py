@@ -24,7 +24,6 @@ still builds it.)
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -133,10 +132,15 @@ def ensure_prepared(name: str = "smollm2-135m-instruct", precision: str = DEFAUL
                     "prepared_at": time.time(),
                     "seconds": round(time.monotonic() - started, 1)}
         (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if target.exists():  # a half-finished folder from an older layout: replace it
+        if target.exists():  # a folder from an older layout: replace it
             shutil.rmtree(target)
-        with contextlib.suppress(FileExistsError, OSError):
+        try:
             out_dir.rename(target)
+        except OSError as exc:
+            # Another preparation that ran at the same time may have finished first.
+            if prepared_folder(name, precision, cache_dir) is None:
+                raise ModelError(f"could not move the prepared model to {target}: {exc}") \
+                    from exc
     done = prepared_folder(name, precision, cache_dir)
     if done is None:
         raise ModelError(f"preparing {name} left no manifest in {target}")

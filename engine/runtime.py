@@ -403,7 +403,8 @@ class LoadedModel:
         return {
             "engine": {"model": self.name, "provider": self.provider,
                        "ctx_size": self.ctx_size, "threads": self.options.threads,
-                       "generations": c.generations, "generated_tokens": c.generated_tokens,
+                       "generations": c.generations, "prompt_tokens": c.prompt_tokens,
+                       "generated_tokens": c.generated_tokens,
                        "prefill_seconds": round(c.prefill_s, 3),
                        "decode_seconds": round(c.decode_s, 3),
                        "pid": os.getpid()},

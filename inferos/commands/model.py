@@ -11,8 +11,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     actions = p.add_subparsers(dest="action", required=True)
     prepare = actions.add_parser("prepare", help="convert a model to ONNX (cached; a second "
                                                  "run returns at once)")
-    prepare.add_argument("name", nargs="?", default=None, help="smollm2-135m-instruct")
-    prepare.add_argument("--name", dest="name_option", default=None, help=argparse.SUPPRESS)
+    prepare.add_argument("name", nargs="?", default=None,
+                         help="the model (default smollm2-135m-instruct)")
+    prepare.add_argument("--name", dest="name_option", default=None,
+                         help="the same, as an option")
     prepare.add_argument("--precision", default=None,
                          help="weights: fp32 (default), int8 or int4")
     prepare.set_defaults(func=_cmd_prepare)

@@ -96,6 +96,8 @@ def test_kv_is_written_in_place_not_copied(model: LoadedModel) -> None:
     assert after["runs"] > before["runs"] and after["checked_runs"] > before["checked_runs"]
     assert after["bytes_in_place"] > before["bytes_in_place"]
     assert after["copies"] == 0 and after["bytes"] == 0
+    engine = model.stats()["engine"]
+    assert engine["prompt_tokens"] >= engine["generations"] > 0
 
 
 def test_cancel_and_early_close_return_the_buffer(model: LoadedModel) -> None:
