@@ -24,10 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from inferos.controller.agent import Agent  # noqa: E402
-from inferos.controller.backend_child import LLAMACPP_FIELDS, llamacpp_launcher  # noqa: E402
+from inferos.controller.backend_child import llamacpp_launcher  # noqa: E402
 from inferos.controller.controller import ControllerSettings  # noqa: E402
-from inferos.controller.decisions import Observed, decide  # noqa: E402
-from inferos.controller.managed_backend import ManagedBackend  # noqa: E402
+from inferos.controller.managed_backend import LLAMACPP, ManagedBackend  # noqa: E402
 from inferos.controller.profiles import profile_policy  # noqa: E402
 from inferos.controller.snapshot import BackendSettings  # noqa: E402
 from inferos.proxy.settings import HostPort, ProxySettings  # noqa: E402
@@ -51,16 +50,13 @@ async def client(url: str, stop: asyncio.Event, log: list[tuple[float, float, bo
 
 async def main(switches: int) -> None:
     policy = profile_policy("safe")
-    empty = Observed(stats=None, longest_request_tokens=None, memory_pressure=False,
-                     quality_budget=None)
-    first = decide(BackendSettings(ctx_size=2048), policy, empty).settings
-    backend = ManagedBackend(llamacpp_launcher(str(smollm2_gguf()), "smollm2"), first,
-                             relevant_fields=LLAMACPP_FIELDS)
+    first = BackendSettings(ctx_size=2048)
+    backend = ManagedBackend(LLAMACPP, llamacpp_launcher(str(smollm2_gguf()), "smollm2"),
+                             first)
     agent = Agent(ProxySettings(upstream="", listen=HostPort("127.0.0.1", 0),
                                 admin=HostPort("127.0.0.1", 0)), policy,
                   ControllerSettings(telemetry_dir=Path(tempfile.mkdtemp()),
                                      reconfigure_cooldown_s=0), backend)
-    backend.attach(agent.runtime)
     log: list[tuple[float, float, bool]] = []
     windows: list[tuple[float, float]] = []
     async with agent:

@@ -3,7 +3,8 @@ stopped together. ``inferos serve`` runs one; tests run them in-process.
 
 Start order: the controller's thread first (it starts a managed backend, whose URL the
 proxy needs), then the listeners; stop order is the reverse. The fail-safe's watchdog
-runs on the proxy's event loop, owned by the admin app's cleanup context.
+runs on the proxy's event loop, owned by the admin app's cleanup context. The controller
+reaches the proxy only through ``proxy.data_plane``.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ from types import TracebackType
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from inferos.controller.actuator import Actuator
 from inferos.controller.agent_api import add_agent_api
+from inferos.controller.backend import Backend
 from inferos.controller.controller import Controller, ControllerSettings
 from inferos.controller.policy import Policy
 from inferos.controller.request_stats import RequestStats
 from inferos.controller.run_context import TokenCounter
 from inferos.proxy.app import ProxyRuntime
-from inferos.proxy.pending_context import PendingContexts
 from inferos.proxy.server import ProxyServer
 from inferos.proxy.settings import ProxySettings
 from inferos.tasks import TaskGroup
@@ -30,30 +30,28 @@ from inferos.tasks import TaskGroup
 
 class Agent:
     def __init__(self, proxy_settings: ProxySettings, policy: Policy,
-                 controller_settings: ControllerSettings, actuator: Actuator | None = None,
+                 controller_settings: ControllerSettings, backend: Backend | None = None,
                  *, registry: CollectorRegistry | None = None,
                  token_counters: dict[str, TokenCounter] | None = None,
+                 admin_token: str | None = None,
                  **controller_options: object) -> None:
         self.registry = registry or CollectorRegistry()
         if registry is None:
             ProcessCollector(registry=self.registry)
-        self.actuator = actuator
+        self.backend = backend
         self.proxy = ProxyServer(proxy_settings, self.registry)
-        runtime = self.proxy.runtime
-        runtime.run_contexts = PendingContexts()
+        plane = self.proxy.data_plane
         if policy.mode == "passthrough":
-            runtime.mode.forced = True
+            plane.set_passthrough(True)
         elif proxy_settings.passthrough:
             policy = dataclasses.replace(policy, mode="passthrough")
-        attach = getattr(actuator, "attach", None)
-        if attach is not None:
-            attach(runtime)  # the actuator drains and gates this proxy's requests
         self.stats = RequestStats()
         self.proxy.observer.subscribe(self.stats.add)
-        self.controller = Controller(runtime, self.registry, policy, controller_settings,
-                                     actuator, stats=self.stats, token_counters=token_counters,
+        self.controller = Controller(plane, self.registry, policy, controller_settings,
+                                     backend, stats=self.stats, token_counters=token_counters,
                                      **controller_options)  # type: ignore[arg-type]
-        add_agent_api(self.proxy.admin_app, self.controller)
+        add_agent_api(self.proxy.admin_app, self.controller,
+                      admin_host=proxy_settings.admin.host, token=admin_token)
         self.proxy.admin_app.cleanup_ctx.append(self._watchdog)
 
     async def _watchdog(self, app: web.Application) -> AsyncIterator[None]:

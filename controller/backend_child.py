@@ -13,19 +13,21 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import psutil
 
+from inferos.controller.cache_types import CACHE_TYPES, by_name
 from inferos.controller.snapshot import BackendSettings
 from inferos.errors import InferOSError
 
 HOST = "127.0.0.1"
 STOP_GRACE_S = 15.0
-# llama-cpp-python's --type_k/--type_v take ggml type numbers.
-GGML_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}
+# llama-cpp-python's own default context when none is given to it.
+LLAMACPP_DEFAULT_CTX = 4096
 
 
 class BackendStartError(InferOSError):
@@ -52,6 +54,7 @@ class BackendChild:
     argv: list[str]
     port: int
     health_path: str
+    env: Mapping[str, str] = field(default_factory=dict)
     process: asyncio.subprocess.Process | None = None
 
     @property
@@ -65,7 +68,7 @@ class BackendChild:
     async def start(self, timeout_s: float) -> None:
         self.process = await asyncio.create_subprocess_exec(
             *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=sys.stderr.fileno(),
-            stderr=sys.stderr.fileno(), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            stderr=sys.stderr.fileno(), env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         try:
             await self._wait_healthy(timeout_s)
         except BaseException:
@@ -87,6 +90,15 @@ class BackendChild:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.process.wait(), 0.1)
         raise BackendStartError(f"backend at {self.url} not healthy within {timeout_s:.0f} s")
+
+    def cmdline(self) -> list[str]:
+        """The process's command line as the OS reports it (the argv we gave, read back)."""
+        if self.process is None:
+            return []
+        try:
+            return list(psutil.Process(self.process.pid).cmdline())
+        except (psutil.Error, OSError):
+            return []
 
     def owns_port(self) -> bool:
         """True when our process listens on our port. A healthy answer alone is not enough:
@@ -115,13 +127,13 @@ class BackendChild:
             await process.wait()
 
 
-Launcher = Callable[[BackendSettings, int], BackendChild]
-ENGINE_FIELDS = ("ctx_size", "threads", "host_pool_bytes", "kv_allow_evict")
-LLAMACPP_FIELDS = ("ctx_size", "cache_type_k", "cache_type_v", "flash_attn", "threads")
+# A launcher builds the process for some settings on a port; ``live`` holds the live
+# policy keys a new engine starts with (so a blue/green switch keeps them).
+Launcher = Callable[[BackendSettings, Mapping[str, Any], int], BackendChild]
 
 
-def engine_launcher(model: str) -> Launcher:
-    def launch(settings: BackendSettings, port: int) -> BackendChild:
+def engine_launcher(model: str, control_token: str | None = None) -> Launcher:
+    def launch(settings: BackendSettings, live: Mapping[str, Any], port: int) -> BackendChild:
         argv = [sys.executable, "-m", "inferos.cli", "engine", "--host", HOST,
                 "--port", str(port), "--model", model,
                 "--exit-with-parent", str(os.getpid())]
@@ -129,24 +141,52 @@ def engine_launcher(model: str) -> Launcher:
             argv += ["--ctx-size", str(settings.ctx_size)]
         if settings.threads:
             argv += ["--threads", str(settings.threads)]
-        if settings.host_pool_bytes is not None:
-            argv += ["--host-pool-bytes", str(settings.host_pool_bytes)]
-        if settings.kv_allow_evict:
-            argv.append("--kv-allow-evict")
-        return BackendChild(argv, port, "/api/v1/health")
+        if settings.provider:
+            argv += ["--provider", settings.provider]
+        if live:
+            argv += ["--recent-window", str(live["kv.recent_window"]),
+                     "--sink-tokens", str(live["kv.sink_tokens"]),
+                     "--level-thresholds", ",".join(str(live[f"kv.level_thresholds.{k}"])
+                                                    for k in ("L1_int8", "L2_int4",
+                                                              "L3_evict")),
+                     "--max-delta-ppl", str(live["quality.max_delta_ppl"]),
+                     "--host-pool-bytes", str(live["io.host_pool_bytes"])]
+            if live["kv.allow_evict"]:
+                argv.append("--kv-allow-evict")
+        env = {"INFEROS_ENGINE_CONTROL_TOKEN": control_token} if control_token else {}
+        return BackendChild(argv, port, "/api/v1/health", env=env)
     return launch
 
 
 def llamacpp_launcher(gguf: str, alias: str) -> Launcher:
-    def launch(settings: BackendSettings, port: int) -> BackendChild:
+    def launch(settings: BackendSettings, live: Mapping[str, Any], port: int) -> BackendChild:
         argv = [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", HOST,
                 "--port", str(port), "--model_alias", alias,
-                "--n_ctx", str(settings.ctx_size or 4096),
-                "--type_k", str(GGML_TYPES[settings.cache_type_k]),
-                "--type_v", str(GGML_TYPES[settings.cache_type_v]),
+                "--n_ctx", str(settings.ctx_size or LLAMACPP_DEFAULT_CTX),
+                "--type_k", str(by_name(settings.cache_type).ggml_id),
+                "--type_v", str(by_name(settings.cache_type).ggml_id),
                 # a quantized V cache refuses to start without flash attention
                 "--flash_attn", "true" if settings.flash_attn else "false"]
         if settings.threads:
             argv += ["--n_threads", str(settings.threads)]
         return BackendChild(argv, port, "/v1/models")
     return launch
+
+
+def read_llamacpp_argv(argv: list[str]) -> dict[str, Any]:
+    """The settings a llama-cpp-python server process was started with, from its own
+    command line (that server has no /props to read them from)."""
+    out: dict[str, Any] = {}
+
+    def value(flag: str) -> str | None:
+        return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
+
+    if (n_ctx := value("--n_ctx")) is not None and n_ctx.isdigit():
+        out["ctx_size"] = int(n_ctx)
+    type_k = value("--type_k")
+    if type_k is not None and type_k.isdigit():
+        out["cache_type"] = next((c.name for c in CACHE_TYPES if c.ggml_id == int(type_k)),
+                                 f"ggml type {type_k}")
+    if (threads := value("--n_threads")) is not None and threads.isdigit():
+        out["threads"] = int(threads)
+    return out

@@ -26,6 +26,10 @@ class BackendStats:
     kv_bytes: dict[str, int] = field(default_factory=dict)
     prefix_hits: int | None = None
     prefix_misses: int | None = None
+    # The engine's own estimate of the quality cost of the KV it holds (per-level
+    # calibration of its model, weighted by tokens held), and its quality guard's count.
+    delta_ppl_est: float | None = None
+    guard_promotions: int | None = None
 
     @classmethod
     def parse(cls, body: Any) -> BackendStats:
@@ -47,7 +51,16 @@ class BackendStats:
         if isinstance(prefix, dict):
             hits = prefix.get("hits") if isinstance(prefix.get("hits"), int) else None
             misses = prefix.get("misses") if isinstance(prefix.get("misses"), int) else None
-        return cls(tokens, sizes, hits, misses)
+        estimate = promotions = None
+        quality = body.get("quality")
+        if isinstance(quality, dict):
+            value = quality.get("delta_ppl_est")
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                estimate = float(value)
+            guard = quality.get("guard")
+            if isinstance(guard, dict) and isinstance(guard.get("promotions"), int):
+                promotions = guard["promotions"]
+        return cls(tokens, sizes, hits, misses, estimate, promotions)
 
 
 class BackendStatsCollector(Collector):
@@ -79,6 +92,11 @@ class BackendStatsCollector(Collector):
         if stats.prefix_misses is not None:
             yield CounterMetricFamily("inferos_prefix_cache_misses",
                                       "Prompts with no reusable prefix KV", stats.prefix_misses)
+        if stats.delta_ppl_est is not None:
+            yield GaugeMetricFamily("inferos_quality_delta_ppl_estimate",
+                                    "Estimated perplexity increase of the KV the backend "
+                                    "holds (measured per-level calibration)",
+                                    stats.delta_ppl_est)
 
 
 async def fetch(client: httpx.AsyncClient, upstream: str) -> BackendStats:

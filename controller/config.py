@@ -1,7 +1,8 @@
 """Loading the configuration: a YAML file, then ``INFEROS_<PATH>`` environment overrides,
 then CLI flags, into one frozen value, all or nothing.
 
-Every key is declared in ``SCHEMA`` with its type and default. An unknown key, a wrong type
+Every key is declared once, in ``setting_table.SETTINGS``; ``SCHEMA`` is derived from it
+(parser, default, environment names). An unknown key, a wrong type
 or a bad value raises ``ConfigError`` naming the key (``upstream.idle_timeout_s``) and, for
 the YAML file, its line. The seed's ``infer_os:`` section becomes the starting ``Policy``
 (its profile, then the keys given); ``profiles:`` adjusts the named bundles.
@@ -9,174 +10,46 @@ the YAML file, its line. The seed's ``infer_os:`` section becomes the starting `
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from inferos.controller.controller import ControllerSettings
-from inferos.controller.failsafe import FailsafeSettings
 from inferos.controller.policy import Policy
+from inferos.controller.setting_table import POLICY_SETTINGS, SETTINGS, Setting, env_name
+from inferos.controller.setting_types import byte_size
 from inferos.errors import ConfigError
-from inferos.proxy import settings as proxy_defaults
-from inferos.proxy.settings import HostPort, ProxySettings, normalize_upstream
 
+if TYPE_CHECKING:
+    # Imported where used: loading a file needs neither the controller nor the proxy.
+    from inferos.controller.controller import ControllerSettings
+    from inferos.proxy.settings import ProxySettings
 
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def _positive_float_or_none(value: Any) -> float | None:
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-        return None
-    number = float(value)
-    if number <= 0:
-        raise ValueError(f"expected a positive number of seconds, got {value!r}")
-    return number
-
-
-def _positive_float(value: Any) -> float:
-    number = _positive_float_or_none(value)
-    if number is None:
-        raise ValueError("a value is required")
-    return number
-
-
-_UNITS = {"": 1, "B": 1, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "KB": 1000, "MB": 1000**2,
-          "GB": 1000**3}
-
-
-def byte_size(value: Any) -> int:
-    """``64MiB``, ``4096 MiB``, ``1GB`` or a plain integer number of bytes."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    else:
-        text = str(value).strip().upper().replace(" ", "")
-        digits = text.rstrip("KMGIB")
-        unit = text[len(digits):]
-        if unit not in _UNITS or not digits:
-            raise ValueError(f"expected a size such as 64MiB, got {value!r}")
-        number = int(float(digits) * _UNITS[unit])
-    if number <= 0:
-        raise ValueError(f"expected a positive size, got {value!r}")
-    return number
-
-
-def _optional_upstream(value: Any) -> str | None:
-    if value in (None, ""):
-        return None
-    return normalize_upstream(str(value))
-
-
-def _host_port(value: Any) -> HostPort:
-    return HostPort.parse(str(value))
+__all__ = ["SCHEMA", "Config", "Key", "byte_size", "env_name", "load_config", "read_yaml"]
 
 
 @dataclass(frozen=True, slots=True)
 class Key:
+    """How the loader reads one setting (derived from its declaration)."""
+
     parse: Callable[[Any], Any]
     default: Any
     env: tuple[str, ...] = ()  # extra environment names besides INFEROS_<PATH>
 
 
-SCHEMA: dict[str, Key] = {
-    "listen.proxy": Key(_host_port, HostPort.parse(proxy_defaults.DEFAULT_LISTEN),
-                        ("INFEROS_LISTEN",)),
-    "listen.admin": Key(_host_port, HostPort.parse(proxy_defaults.DEFAULT_ADMIN),
-                        ("INFEROS_ADMIN",)),
-    "upstream.url": Key(_optional_upstream, None, ("INFEROS_UPSTREAM",)),
-    "upstream.connect_timeout_s": Key(_positive_float, proxy_defaults.DEFAULT_CONNECT_TIMEOUT_S),
-    "upstream.idle_timeout_s": Key(_positive_float_or_none, proxy_defaults.DEFAULT_IDLE_TIMEOUT_S),
-    "upstream.total_timeout_s": Key(_positive_float_or_none, None),
-    "upstream.max_body_bytes": Key(byte_size, proxy_defaults.DEFAULT_MAX_BODY_BYTES),
-    "passthrough": Key(_bool, False),
-}
+def _key(setting: Setting) -> Key:
+    # A policy key left out is None: "what the profile sets", not the declared default.
+    return Key(functools.partial(setting.parse, strict=False),
+               None if setting.policy else setting.default, setting.env)
 
 
-def _int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"expected an integer, got {value!r}")
-    if isinstance(value, str):
-        value = value.strip()
-    number = int(value)
-    if number < 0:
-        raise ValueError(f"expected a non-negative integer, got {value!r}")
-    return number
-
-
-def _float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
-    return float(value)
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise ValueError(f"expected a string, got {value!r}")
-    return str(value)
-
-
-def _policy_keys() -> dict[str, Key]:
-    """One key per leaf of ``Policy``; None = keep what the profile sets."""
-    from inferos.controller.policy import Policy
-
-    keys: dict[str, Key] = {}
-
-    def walk(obj: Any, prefix: str) -> None:
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            path = f"{prefix}{f.name}"
-            if dataclasses.is_dataclass(value):
-                walk(value, path + ".")
-            elif path.endswith("_bytes"):
-                keys[path] = Key(byte_size, None)
-            elif isinstance(value, bool):
-                keys[path] = Key(_bool, None)
-            elif isinstance(value, int) or path in ("infer_os.backend.ctx_size",
-                                                    "infer_os.backend.threads"):
-                keys[path] = Key(_int, None)
-            elif isinstance(value, float):
-                keys[path] = Key(_float, None)
-            else:
-                keys[path] = Key(_str, None)
-
-    walk(Policy(), "infer_os.")
-    return keys
-
-
-SCHEMA.update(_policy_keys())
-SCHEMA.update({
-    "infer_os.loops.fast_ms": Key(_positive_float, 1.0),
-    "infer_os.loops.mid_ms": Key(_positive_float, 10.0),
-    "infer_os.loops.slow_ms": Key(_positive_float, 100.0),
-    "infer_os.telemetry.push_interval_ms": Key(_positive_float, 1000.0),
-    "infer_os.telemetry.dir": Key(_str, "logs"),
-    "infer_os.failsafe.stale_after_ms": Key(_positive_float, 250.0),
-    "infer_os.failsafe.recover_after_s": Key(_positive_float, 5.0),
-    "infer_os.decisions.every_s": Key(_positive_float, 10.0),
-    "infer_os.decisions.cooldown_s": Key(_positive_float_or_none, 30.0),
-    # The backend Infer-OS runs itself when no upstream is given: the embedded engine on a
-    # prepared model, or llama.cpp's server on a GGUF file.
-    "engine.backend": Key(_str, "engine"),
-    "engine.model": Key(_str, None, ("INFEROS_MODEL",)),
-    "engine.precision": Key(_str, "fp32"),
-})
+SCHEMA: dict[str, Key] = {s.path: _key(s) for s in SETTINGS}
 # Sections read whole: named adjustments to the profiles.
 OPEN_SECTIONS = ("profiles",)
-
-
-def env_name(path: str) -> str:
-    return "INFEROS_" + path.upper().replace(".", "_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +66,9 @@ class Config:
         return self.start_policy
 
     def controller_settings(self) -> ControllerSettings:
+        from inferos.controller.controller import ControllerSettings
+        from inferos.controller.failsafe import FailsafeSettings
+
         v = self.values
         cooldown = v["infer_os.decisions.cooldown_s"]
         return ControllerSettings(
@@ -206,6 +82,8 @@ class Config:
                                       recover_after_s=v["infer_os.failsafe.recover_after_s"]))
 
     def proxy_settings(self, upstream: str) -> ProxySettings:
+        from inferos.proxy.settings import ProxySettings
+
         return ProxySettings(
             upstream=upstream,
             listen=self.values["listen.proxy"],
@@ -298,13 +176,14 @@ def _line(raw: Mapping[str, tuple[Any, int | None]], key: str) -> int | None:
     return best
 
 
-def _nest(flat: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys -> nested mappings; None (not given) left out."""
     out: dict[str, Any] = {}
     for path, value in flat.items():
-        if value is None or not path.startswith(prefix):
+        if value is None:
             continue
         node = out
-        *parents, leaf = path[len(prefix):].split(".")
+        *parents, leaf = path.split(".")
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
@@ -333,11 +212,9 @@ def _build_policy(values: Mapping[str, Any], profiles: Mapping[str, Policy],
                   raw: Mapping[str, tuple[Any, int | None]]) -> Policy:
     from inferos.controller.policy import apply_patch
 
-    name = values["infer_os.profile"] or "balanced"
-    patch = _nest({k: v for k, v in values.items() if k.count(".") >= 2
-                   or k in ("infer_os.mode",)}, "infer_os.")
-    for section in ("loops", "telemetry", "failsafe", "decisions"):
-        patch.pop(section, None)
+    name = values["infer_os.profile"] or POLICY_SETTINGS["profile"].default
+    patch = _nest({key: values[s.path] for key, s in POLICY_SETTINGS.items()
+                   if key != "profile"})
     try:
         if name not in profiles:
             raise ConfigError(f"must be one of {', '.join(profiles)}", key="profile")

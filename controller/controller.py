@@ -1,15 +1,26 @@
 """The controller: run-context intake, control loops, decisions, actuation, telemetry.
 
 It runs on its own thread with its own event loop, so nothing it does (a slow decision, a
-blocking call, a backend reload) can stall the data plane; the two share only atomic
-reads and writes (the policy snapshot, the proxy's mode and upstream, bounded deques).
-``start``/``stop`` are the one place its thread and tasks begin and end.
+blocking call, a backend reload) can stall the data plane. It touches the proxy only
+through the proxy's ``DataPlane`` seam, and the backend only through the ``Backend``
+protocol. ``start``/``stop`` are the one place its thread and tasks begin and end.
+
+What it promises (issue 9, "a control plane that does no harm"):
+
+- it reports only what is in effect: a setting is ``applied`` once read back from the
+  backend, otherwise ``not_applied``/``not_applicable`` with the reason, per key
+  (``policy_report.py``); an event says ``reconfigured`` only for what was verified;
+- it acts on evidence weighed against cost (``decisions.py``), re-reads the backend right
+  before acting, never reloads a name a client has replaced, and backs off after a client
+  changed the backend itself;
+- nothing a client sends can raise in a loop: unreadable facts are dropped and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import threading
 import time
@@ -21,25 +32,30 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry
 
-from inferos.controller import backend_stats
-from inferos.controller.actuator import Actuator, ActuatorError
+from inferos.controller import backend as b
+from inferos.controller import backend_stats, policy_report
+from inferos.controller.backend import ActuatorError, Backend, BackendState, Capabilities, Outcome
+from inferos.controller.cache_types import by_name
 from inferos.controller.controller_metrics import ControllerMetrics
-from inferos.controller.decisions import KV_DELTA_PPL, Decision, Observed, decide
+from inferos.controller.decisions import Costs, Decision, DecisionSettings, Evidence, decide
+from inferos.controller.evidence import gather
 from inferos.controller.failsafe import FailSafe, FailsafeSettings
 from inferos.controller.loops import ControlLoop
-from inferos.controller.policy import Policy, apply_patch
+from inferos.controller.policy import Policy, apply_patch, flatten
 from inferos.controller.request_stats import RequestStats
 from inferos.controller.run_context import RunContext, TokenCounter, derive
 from inferos.controller.snapshot import BackendSettings, PolicySnapshot, SnapshotStore
 from inferos.controller.system_sample import SystemSample, SystemSampler
 from inferos.controller.telemetry import Telemetry
 from inferos.errors import ConfigError
-from inferos.proxy.app import ProxyRuntime
+from inferos.proxy.data_plane import DataPlane
 from inferos.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
 BACKEND_STATS_EVERY_S = 1.0
-DecideFn = Callable[[BackendSettings, Policy, Observed], Decision]
+BACKEND_READ_EVERY_S = 2.0
+CLIENT_ROUTES = ("load", "unload")
+DecideFn = Callable[..., Decision]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,26 +66,23 @@ class ControllerSettings:
     telemetry_s: float = 1.0
     telemetry_dir: Path = Path("logs")
     decide_every_s: float = 10.0
-    reconfigure_cooldown_s: float = 30.0
+    reconfigure_cooldown_s: float = 60.0
     unshed_after_s: float = 10.0
     failsafe: FailsafeSettings = field(default_factory=FailsafeSettings)
-
-
-def _shape(d: Decision, fields: tuple[str, ...]) -> tuple[Any, ...]:
-    return tuple(getattr(d.settings, name) for name in fields)
+    decisions: DecisionSettings = field(default_factory=DecisionSettings)
 
 
 class Controller:
-    def __init__(self, runtime: ProxyRuntime, registry: CollectorRegistry, policy: Policy,
-                 settings: ControllerSettings, actuator: Actuator | None = None,
+    def __init__(self, plane: DataPlane, registry: CollectorRegistry, policy: Policy,
+                 settings: ControllerSettings, backend: Backend | None = None,
                  *, stats: RequestStats | None = None,
                  token_counters: dict[str, TokenCounter] | None = None,
                  decide_fn: DecideFn = decide,
                  sampler: Callable[[], SystemSample] | None = None,
                  profiles: Mapping[str, Policy] | None = None) -> None:
-        self.runtime = runtime
+        self.plane = plane
         self.settings = settings
-        self.actuator = actuator
+        self.backend = backend
         self.stats = stats or RequestStats()
         self.token_counters = token_counters or {}
         self.decide_fn = decide_fn
@@ -77,22 +90,35 @@ class Controller:
         self.sample_fn = sampler or SystemSampler().sample
         self.metrics = ControllerMetrics(registry)
         self.telemetry = Telemetry(settings.telemetry_dir)
-        self.failsafe = FailSafe(runtime.mode, settings.failsafe, registry, self.event)
-        initial = actuator.settings if actuator is not None else BackendSettings()
-        self.snapshots = SnapshotStore(PolicySnapshot(1, policy, initial, "initial policy"))
+        self.failsafe = FailSafe(plane, settings.failsafe, registry, self.event)
+        self.snapshots = SnapshotStore(PolicySnapshot(1, policy, BackendSettings(),
+                                                      "initial policy"))
         self.metrics.policy_version.set(1)
         self.contexts: collections.deque[RunContext] = collections.deque(maxlen=2048)
+        self.facts_dropped = 0
         self.last_sample: SystemSample | None = None
         self.last_decision: Decision | None = None
         self.events_written = 0
+        # What the backend said last (read back), and what became of each key.
+        self.capabilities: Capabilities | None = None
+        self.state: BackendState | None = None
+        self.restart_outcomes: dict[str, Outcome] = {}
+        self.live_outcomes: dict[str, Outcome] = {}
+        self.live_version: int | None = None
+        self.client_changed_at: float | None = None
+        self._user_asked: frozenset[str] = frozenset()
         self._decide_now = True
         self._last_decide = 0.0
         self._last_reconfigure = float("-inf")
         self._actuating = False
+        self._live_dirty = True
         self._normal_since: float | None = None
         self._last_backend_stats = float("-inf")
+        self._last_read = float("-inf")
+        self._guard_promotions: int | None = None
         self._http: httpx.AsyncClient | None = None
         self._lock = threading.Lock()  # serializes policy changes from API callers
+        self._live_waiters: list[tuple[int, concurrent.futures.Future[None]]] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -108,6 +134,7 @@ class Controller:
             ControlLoop("telemetry", settings.telemetry_s, self._telemetry, self.failsafe,
                         self.metrics.loop_jitter),
         ]
+        plane.collect_facts = True
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self, timeout_s: float = 600) -> None:
@@ -134,16 +161,16 @@ class Controller:
 
     async def _main(self, ready: threading.Event) -> None:
         self._stopping = asyncio.Event()
-        start_backend = getattr(self.actuator, "start", None)
-        if start_backend is not None:
-            # A managed backend lives on this loop (its process is watched from here).
+        # The fail-safe tells this thread starved (ready, not scheduled) from hung.
+        self.failsafe.register_controller_thread()
+        if self.backend is not None:
             try:
-                self.runtime.upstream = await start_backend()
+                self.plane.switch_upstream(await self.backend.start())
+                await self._read_backend(force=True)
             except BaseException as exc:
                 self.start_error = exc
                 ready.set()
                 return
-            self.runtime.in_flight_by_upstream.setdefault(self.runtime.upstream, 0)
         for control_loop in self.loops:
             self._tasks.start(control_loop.run(), name=f"loop-{control_loop.name}")
         ready.set()
@@ -151,8 +178,8 @@ class Controller:
         await self._tasks.stop()
         if self._http is not None:
             await self._http.aclose()
-        if self.actuator is not None:
-            await self.actuator.close()
+        if self.backend is not None:
+            await self.backend.close()
 
     def stop(self) -> None:
         if self._thread is None or self._loop is None or self._stopping is None:
@@ -164,8 +191,8 @@ class Controller:
     # -- inputs -----------------------------------------------------------------------
     def post_run_context(self, context: RunContext) -> None:
         self.contexts.append(context)
-        self.metrics.run_contexts.labels(context.seq_len_source == "caller" and "api"
-                                         or "proxy").inc()
+        self.metrics.run_contexts.labels("api" if context.seq_len_source == "caller"
+                                         else "proxy").inc()
 
     def set_policy(self, patch: Any) -> PolicySnapshot:
         """All-or-nothing: raises ConfigError naming the field, or publishes a snapshot."""
@@ -173,11 +200,31 @@ class Controller:
             current = self.snapshots.current
             policy = apply_patch(current.policy, patch, self.profiles)
             snapshot = self.snapshots.publish(policy, current.backend, "policy changed by API")
-            self.runtime.mode.forced = policy.mode == "passthrough"
+            before = flatten(current.policy)
+            after = flatten(policy)
+            self._user_asked = self._user_asked | {k for k in after if before[k] != after[k]}
+            if isinstance(patch, dict) and "profile" in patch:
+                self._user_asked |= {"profile"}
+            self.plane.set_passthrough(policy.mode == "passthrough")
             self.metrics.policy_version.set(snapshot.version)
             self._decide_now = True
+            self._live_dirty = True
         self.event("policy", version=snapshot.version, fields=sorted(patch))
         return snapshot
+
+    def live_acknowledged(self, version: int) -> concurrent.futures.Future[None]:
+        """Resolves once the backend acknowledged live policy ``version`` (or had nothing
+        live to take); for the API's answer. Any thread."""
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._lock:
+            if self._live_settled(version):
+                future.set_result(None)
+            else:
+                self._live_waiters.append((version, future))
+        return future
+
+    def _live_settled(self, version: int) -> bool:
+        return not self._live_dirty and (self.live_version or 0) >= version
 
     def event(self, kind: str, **fields: Any) -> None:
         self.events_written += 1
@@ -186,13 +233,23 @@ class Controller:
     # -- loops ------------------------------------------------------------------------
     def _fast(self) -> None:
         self.failsafe.heartbeat()
-        pending = self.runtime.run_contexts
-        if pending is not None and len(pending):
-            for facts in pending.drain():
+        for facts in self.plane.take_facts():
+            if facts.route in CLIENT_ROUTES:
+                # A client's own load/unload: the backend is the client's now; automatic
+                # changes wait, and the next read shows what it chose.
+                self.client_changed_at = time.monotonic()
+                self._last_read = float("-inf")
+                continue
+            try:
                 context = derive(facts, self.token_counters)
-                if context is not None:
-                    self.post_run_context(context)
-            self.metrics.run_contexts_dropped.set(pending.dropped)
+            except Exception:  # facts a client sent must never trip the fail-safe
+                log.debug("unreadable request facts dropped", exc_info=True)
+                context = None
+            if context is None:
+                self.facts_dropped += 1
+            else:
+                self.post_run_context(context)
+        self.metrics.run_contexts_dropped.set(self.plane.facts.dropped + self.facts_dropped)
 
     def _mid(self) -> None:
         current = self.snapshots.current
@@ -200,7 +257,7 @@ class Controller:
             current.check()
         except (ConfigError, ValueError) as exc:
             self.failsafe.trip(f"invalid policy snapshot v{current.version}: {exc}", "snapshot")
-        self.metrics.failsafe_tripped.set(1 if self.runtime.mode.failsafe_reason else 0)
+        self.metrics.failsafe_tripped.set(1 if self.plane.snapshot.failsafe_reason else 0)
 
     async def _slow(self) -> None:
         sample = await asyncio.to_thread(self.sample_fn)
@@ -210,91 +267,204 @@ class Controller:
             self._last_backend_stats = now
             if self._http is None:
                 self._http = httpx.AsyncClient()
-            self.metrics.backend.latest = await backend_stats.fetch(self._http,
-                                                                     self.runtime.upstream)
+            latest = await backend_stats.fetch(self._http, self.plane.upstream)
+            self.metrics.backend.latest = latest
+            self._watch_guard(latest)
         self._shed(sample)
-        await self._watch_backend()
-        now = time.monotonic()
-        if self._actuating:
+        if self.backend is None or self._actuating:
             return
+        if self._watch_backend():
+            return
+        await self._read_backend()
+        if self._live_dirty:
+            await self._push_live()
+        now = time.monotonic()
         if self._decide_now or now - self._last_decide >= self.settings.decide_every_s:
             self._last_decide = now
             forced, self._decide_now = self._decide_now, False
             self._decide(sample, forced)
 
-    def _observed(self, sample: SystemSample) -> Observed:
-        recent = [c for c in self.contexts if c.at >= time.time() - 600]
-        longest = max((c.seq_len + (c.max_tokens or 512) for c in recent), default=None)
-        budgets = [c.quality_budget for c in recent if c.quality_budget is not None]
-        summary = self.stats.summary()
+    async def _read_backend(self, force: bool = False) -> None:
+        """Re-reads the backend (every couple of seconds, and right before acting)."""
+        assert self.backend is not None
+        now = time.monotonic()
+        if not force and now - self._last_read < BACKEND_READ_EVERY_S:
+            return
+        self._last_read = now
+        try:
+            caps = await self.backend.capabilities()
+            state = await self.backend.read_back()
+        except ActuatorError as exc:
+            log.warning("backend unreadable: %s", exc)
+            self.capabilities = None
+            return
+        previous = self.state
+        if (previous is not None and previous.model != state.model
+                and not self._actuating):
+            # Not our doing: a client loaded or unloaded (through us or not).
+            self.client_changed_at = now
+            self.event("client_changed_backend", model_before=previous.model,
+                       model_after=state.model)
+        self.capabilities, self.state = caps, state
+        if state.settings.get("ctx_size"):
+            self.metrics.ctx_size.set(state.settings["ctx_size"])
+
+    async def _push_live(self) -> None:
+        assert self.backend is not None
+        snapshot = self.snapshots.current
+        live = policy_report.live_keys(snapshot.policy)
+        self._live_dirty = False
+        outcomes = await self.backend.apply_live(live, snapshot.version)
+        self.live_outcomes = {o.key: o for o in outcomes}
+        self.live_version = snapshot.version
+        applied = {o.key: o.in_effect for o in outcomes if o.status == b.APPLIED}
+        failed = {o.key: o.reason for o in outcomes if o.status == b.NOT_APPLIED}
+        if applied:
+            self.event("live_policy", version=snapshot.version, applied=applied)
+        if failed:
+            self.event("not_applied", version=snapshot.version, keys=failed)
+        with self._lock:
+            waiters, self._live_waiters = self._live_waiters, []
+            for version, future in waiters:
+                if self._live_settled(version):
+                    future.set_result(None)
+                else:
+                    self._live_waiters.append((version, future))
+
+    def _in_effect(self) -> BackendSettings:
+        state = self.state
+        known = dict(state.settings) if state is not None else {}
+        return BackendSettings(ctx_size=known.get("ctx_size"),
+                               cache_type=known.get("cache_type", "f16"),
+                               threads=known.get("threads"), provider=known.get("provider"))
+
+    def evidence(self, sample: SystemSample | None = None) -> Evidence:
+        summary = self.stats.summary(self.settings.decisions.window_s)
         busiest = max(summary.values(), key=lambda s: s.requests, default=None)
-        return Observed(stats=busiest, longest_request_tokens=longest,
-                        memory_pressure=sample.memory_pressure,
-                        quality_budget=min(budgets) if budgets else None)
+        return gather(self.stats.timed(), list(self.contexts), self._in_effect().ctx_size,
+                      self.settings.decisions,
+                      memory_pressure=bool(sample and sample.memory_pressure),
+                      client_changed_at=self.client_changed_at, stats=busiest)
+
+    def _costs(self) -> Costs:
+        measured = self.backend.last_change_s if self.backend is not None else None
+        caps = self.capabilities
+        in_place = caps is None or caps.of("backend.ctx_size").how == b.RELOAD
+        return Costs(reload_s=measured, in_place=in_place) if measured else Costs(
+            in_place=in_place)
 
     def _decide(self, sample: SystemSample, forced: bool) -> None:
+        if self.capabilities is None or self.state is None or self.plane.snapshot.passthrough:
+            return
         current = self.snapshots.current
-        decision = self.decide_fn(current.backend, current.policy, self._observed(sample))
+        in_effect = self._in_effect()
+        user_asked, self._user_asked = self._user_asked, frozenset()
+        decision = self.decide_fn(in_effect, current.policy, self.evidence(sample),
+                                  self._costs(), model_max=self.state.max_ctx,
+                                  user_asked=user_asked, settings=self.settings.decisions)
         self.last_decision = decision
-        if decision.settings == current.backend:
-            return
-        snapshot = self.snapshots.publish(current.policy, decision.settings, decision.reason)
-        self.metrics.policy_version.set(snapshot.version)
-        if decision.settings.ctx_size:
-            self.metrics.ctx_size.set(decision.settings.ctx_size)
-        self.event("decision", version=snapshot.version, reason=decision.reason,
-                   objective=decision.objective, settings=_public(decision.settings))
-        actuator = self.actuator
-        if actuator is None or self.runtime.mode.forced:
-            return
-        fields = getattr(actuator, "relevant_fields", ("ctx_size",))
-        if tuple(getattr(actuator.settings, f) for f in fields) == _shape(decision, fields):
+        changes = [n for n in decision.changes(in_effect)
+                   if self.capabilities.setting_applicable(n)]
+        self._note_declined(current.policy, decision, in_effect)
+        if decision.settings != current.backend:
+            snapshot = self.snapshots.publish(current.policy, decision.settings,
+                                              decision.reason)
+            self.metrics.policy_version.set(snapshot.version)
+        if not changes:
             return
         cooling = time.monotonic() - self._last_reconfigure < self.settings.reconfigure_cooldown_s
-        if cooling and not forced:
+        if cooling and not user_asked:
             return
+        self.event("decision", version=self.snapshots.current.version, **decision.as_event())
         self._actuating = True
-        self._tasks.start(self._actuate(actuator, decision.settings), name="actuate")
+        self._tasks.start(self._actuate(decision, self.state.model, tuple(changes)),
+                          name="actuate")
 
-    async def _actuate(self, actuator: Actuator, settings: BackendSettings) -> None:
+    def _note_declined(self, policy: Policy, decision: Decision,
+                       in_effect: BackendSettings) -> None:
+        """A pinned or profile value the decision did not take is ``not_applied``, why."""
+        flat = flatten(policy)
+        for key, name in b.RESTART_KEYS.items():
+            asked = flat[key]
+            if asked is None or getattr(in_effect, name) == asked:
+                continue
+            if getattr(decision.settings, name) != asked:
+                self.restart_outcomes[key] = Outcome(key, b.NOT_APPLIED, asked,
+                                                     getattr(in_effect, name),
+                                                     reason=decision.reason)
+
+    async def _actuate(self, decision: Decision, model: str | None,
+                       changes: tuple[str, ...]) -> None:
+        assert self.backend is not None
         self._last_reconfigure = time.monotonic()
-        before = actuator.settings
         try:
-            await actuator.apply(settings, None)
+            outcomes = await self.backend.apply(decision.settings, self.plane, model=model,
+                                                changes=changes)
         except ActuatorError as exc:
             self.metrics.reconfigurations.labels("failed").inc()
-            # The backend kept (or was put back on) its last good settings.
-            current = self.snapshots.current
-            self.snapshots.publish(current.policy, actuator.settings, "actuator failed")
             self.failsafe.trip(f"actuator failed: {exc}", "actuator")
             self.event("actuator_failed", error=str(exc)[:300], rolled_back=exc.rolled_back,
-                       settings=_public(settings))
-        else:
-            self.metrics.reconfigurations.labels("ok").inc()
-            self.event("reconfigured", before=_public(before), after=_public(settings),
-                       actuator=actuator.name)
+                       settings=decision.settings.as_dict())
+            return
         finally:
             self._actuating = False
+            self._last_read = float("-inf")
+            self._live_dirty = True  # a new process starts with the keys, not the version
+        for outcome in outcomes:
+            self.restart_outcomes[outcome.key] = outcome
+        applied = {o.key: o.in_effect for o in outcomes if o.status == b.APPLIED}
+        refused = {o.key: {"value": o.value, "in_effect": o.in_effect, "reason": o.reason}
+                   for o in outcomes if o.status != b.APPLIED}
+        if applied:
+            self.metrics.reconfigurations.labels("ok").inc()
+            self.event("reconfigured", backend=self.backend.name, applied=applied,
+                       evidence=decision.evidence.as_dict())
+        if refused:
+            self.metrics.reconfigurations.labels("not_applied").inc()
+            self.event("not_applied", backend=self.backend.name, keys=refused)
+        await self._read_backend(force=True)
 
-    async def _watch_backend(self) -> None:
-        child = getattr(self.actuator, "child", None)
-        process = getattr(child, "process", None)
-        if process is None or process.returncode is None or self._actuating:
-            return
-        # A managed backend died: passthrough, and bring back the last good configuration.
-        self.failsafe.trip(f"managed backend exited with code {process.returncode}", "backend")
-        self.event("backend_exited", code=process.returncode)
-        assert self.actuator is not None
+    def _watch_backend(self) -> bool:
+        """True when a managed backend died (passthrough, and it is brought back)."""
+        assert self.backend is not None
+        code = self.backend.exited()
+        if code is None:
+            return False
+        self.failsafe.trip(f"managed backend exited with code {code}", "backend")
+        self.event("backend_exited", code=code)
         self._actuating = True
-        self._tasks.start(self._actuate(self.actuator, self.actuator.settings), name="restart")
+        self._tasks.start(self._restart_backend(), name="restart-backend")
+        return True
+
+    async def _restart_backend(self) -> None:
+        assert self.backend is not None
+        try:
+            self.plane.switch_upstream(await self.backend.restart())
+            self._live_dirty = True
+        except Exception as exc:
+            self.event("actuator_failed", error=f"restart failed: {str(exc)[:300]}",
+                       rolled_back=False)
+        finally:
+            self._actuating = False
+            self._last_read = float("-inf")
+
+    def _watch_guard(self, latest: backend_stats.BackendStats) -> None:
+        promotions = latest.guard_promotions
+        if promotions is None:
+            return
+        if self._guard_promotions is not None and promotions > self._guard_promotions:
+            self.metrics.quality_promotions.inc(promotions - self._guard_promotions)
+            self.event("quality_guard", promotions=promotions - self._guard_promotions,
+                       delta_ppl_est=latest.delta_ppl_est)
+        self._guard_promotions = promotions
 
     def _shed(self, sample: SystemSample) -> None:
-        admission = self.runtime.admission
+        limit = self.plane.snapshot.limit
         if sample.hot or sample.memory_pressure:
             self._normal_since = None
-            if admission.limit is None:
-                limit = max(1, self.runtime.in_flight // 2)
-                admission.set_limit(limit)
+            if limit is None:
+                limit = max(1, self.plane.in_flight(generation=True) // 2)
+                self.plane.set_limit(limit)
                 self.metrics.load_shed.set(1)
                 self.metrics.concurrency_limit.set(limit)
                 self.event("shed", limit=limit, hot=sample.hot,
@@ -302,12 +472,12 @@ class Controller:
                            temperature_c=sample.temperature_c,
                            host_mem_percent=sample.host_mem_percent)
             return
-        if admission.limit is None:
+        if limit is None:
             return
         now = time.monotonic()
         self._normal_since = self._normal_since or now
         if now - self._normal_since >= self.settings.unshed_after_s:
-            admission.set_limit(None)
+            self.plane.set_limit(None)
             self.metrics.load_shed.set(0)
             self.metrics.concurrency_limit.set(0)
             self.event("unshed")
@@ -316,20 +486,38 @@ class Controller:
         self.telemetry.metric(**self.metrics_fields())
 
     # -- views ------------------------------------------------------------------------
+    def delta_ppl_est(self) -> float | None:
+        """Measured, or null: the engine's own estimate over the KV it holds (per-level
+        calibration of this model), or a llama.cpp cache type's measured cost once the
+        backend reported that type in effect."""
+        caps = self.capabilities
+        if caps is None:
+            return None
+        if caps.kind == "engine":
+            return self.metrics.backend.latest.delta_ppl_est
+        state = self.state
+        cache_type = state.settings.get("cache_type") if state is not None else None
+        if not isinstance(cache_type, str):
+            return None
+        try:
+            return by_name(cache_type).delta_ppl
+        except KeyError:
+            return None
+
     def metrics_fields(self) -> dict[str, Any]:
         overall = self.stats.overall()
         last = self.contexts[-1] if self.contexts else None
         sample = self.last_sample
-        backend = self.snapshots.current.backend
         kv = self.metrics.backend.latest.kv_tokens
         return {
             "t": time.time(), "model": last.model if last else None,
-            "seq_len": last.seq_len if last else None, "batch": self.runtime.in_flight,
+            "seq_len": last.seq_len if last else None,
+            "batch": self.plane.in_flight(generation=True),
             "tps": overall.tps, "ftl": overall.ttft_p50_ms, "p95": overall.ttft_p95_ms,
             "vram": None, "host_mem": round(sample.host_mem_used_gb, 3) if sample else None,
             "npu_util": None, "igpu_util": None,
             **{f"kv_{level}": kv.get(level) for level in backend_stats.LEVELS},
-            "delta_ppl_est": KV_DELTA_PPL.get(backend.cache_type_k),
+            "delta_ppl_est": self.delta_ppl_est(),
         }
 
     def agent_metrics(self) -> dict[str, Any]:
@@ -343,16 +531,35 @@ class Controller:
             "quality": {"delta_ppl_est": f["delta_ppl_est"], "spec_accept": None},
         }
 
+    def policy_status(self) -> dict[str, dict[str, Any]]:
+        snapshot = self.snapshots.current
+        return policy_report.build(snapshot.policy, self.plane.snapshot.passthrough,
+                                   self.capabilities, self.state, self.restart_outcomes,
+                                   self.live_outcomes, self.live_version, snapshot.version)
+
     def health(self) -> dict[str, Any]:
         snapshot = self.snapshots.current
         minute = self.stats.overall(60.0)
+        caps, state = self.capabilities, self.state
+        decision = self.last_decision
         return {
             "last_minute": {"requests": minute.requests, "errors": minute.errors,
                             "ttft_p50_ms": minute.ttft_p50_ms, "ttft_p95_ms": minute.ttft_p95_ms,
                             "tps": minute.tps},
             "policy_version": snapshot.version,
             "policy": snapshot.policy.to_dict(),
-            "backend_settings": _public(snapshot.backend),
+            "policy_status": self.policy_status(),
+            # What the backend reported back, not what was asked of it.
+            "backend_settings": dict(state.settings) if state is not None else {},
+            "backend": {
+                "kind": caps.kind if caps else None, "version": caps.version if caps else None,
+                "model": state.model if state else None,
+                "max_ctx": state.max_ctx if state else None,
+                "wanted": snapshot.backend.as_dict(),
+                "client_changed_s_ago": None if self.client_changed_at is None
+                else round(time.monotonic() - self.client_changed_at, 1),
+                "last_decision": decision.as_event() if decision else None,
+            },
             "controller": {
                 "heartbeat_age_ms": round((time.monotonic() - self.failsafe.heartbeat_at)
                                           * 1000, 1),
@@ -364,13 +571,9 @@ class Controller:
                                     "last_jitter_ms": round(lp.last_jitter_s * 1000, 3)}
                           for lp in self.loops},
                 "run_contexts": len(self.contexts),
-                "concurrency_limit": self.runtime.admission.limit,
-                "actuator": getattr(self.actuator, "name", None),
+                "facts_dropped": self.facts_dropped + self.plane.facts.dropped,
+                "concurrency_limit": self.plane.snapshot.limit,
+                "backend": self.backend.name if self.backend is not None else None,
                 "actuating": self._actuating,
             },
         }
-
-
-def _public(settings: BackendSettings) -> dict[str, Any]:
-    return {k: getattr(settings, k) for k in settings.__dataclass_fields__}
-

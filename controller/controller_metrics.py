@@ -34,5 +34,9 @@ class ControllerMetrics:
                                       registry=registry)
         self.ctx_size = Gauge("inferos_backend_ctx_size", "Context size in effect",
                               registry=registry)
+        self.quality_promotions = Counter(
+            "inferos_quality_guard_promotions",
+            "Times the engine's quality guard promoted parked KV back toward L0 because its "
+            "estimated dPPL passed quality.max_delta_ppl", registry=registry)
         self.backend = BackendStatsCollector()
         registry.register(self.backend)

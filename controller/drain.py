@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 
-from inferos.proxy.app import ProxyRuntime
+from inferos.proxy.data_plane import DataPlane
 
 
-async def drain(runtime: ProxyRuntime, upstream: str, timeout_s: float,
-                poll_s: float = 0.02) -> bool:
-    """True when no request is in flight against ``upstream``; False at the timeout."""
+async def drain(plane: DataPlane, upstream: str, timeout_s: float, *,
+                generation_only: bool = True, poll_s: float = 0.02) -> bool:
+    """True when nothing (by default: no generation) runs against ``upstream``; False at
+    the timeout. Health, halt and other short requests never hold a drain back."""
     deadline = time.monotonic() + timeout_s
-    while runtime.in_flight_by_upstream.get(upstream, 0) > 0:
+    while plane.in_flight(upstream, generation=generation_only) > 0:
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(poll_s)

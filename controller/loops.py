@@ -2,11 +2,16 @@
 
 A tick that raises trips the fail-safe and the loop goes on, so a controller that fails
 once and then works again can recover; one that keeps failing keeps the proxy in
-passthrough.
+passthrough. The trip comes first, before the log line: formatting the traceback of, say,
+a RecursionError is work that could itself fail, and passthrough must not wait on it.
+Any ``Exception`` counts (RecursionError and MemoryError included); only cancellation and
+interpreter exits end a loop. A tick that never returns trips nothing here: the fast loop's
+heartbeat stops, and the watchdog's staleness rule catches that.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -36,8 +41,6 @@ class ControlLoop:
         self.errors = 0
 
     async def run(self) -> None:
-        import asyncio
-
         next_at = time.monotonic() + self.period_s
         while True:
             delay = next_at - time.monotonic()
@@ -55,9 +58,9 @@ class ControlLoop:
                     await result
             except Exception as exc:
                 self.errors += 1
-                log.exception("control loop %s failed", self.name)
                 self.failsafe.trip(f"controller exception in {self.name} loop: "
                                    f"{type(exc).__name__}", "exception", fault_at=now)
+                log.exception("control loop %s failed", self.name)
             next_at += self.period_s
             if next_at < time.monotonic():  # fell behind: skip the missed ticks
                 next_at = time.monotonic() + self.period_s

@@ -1,54 +1,97 @@
-"""A backend Infer-OS runs itself, reconfigured blue/green without failing a request.
+"""A backend Infer-OS runs itself — the embedded engine or llama.cpp's server — reconfigured
+blue/green without failing a request, and live where the engine allows it.
 
-``apply`` starts the new configuration on another port and waits for it to be healthy;
-only then does it point the proxy at it (one attribute swap, read by each new request),
-drain the requests still running on the old process, and stop that one. If the new
-process fails to start, the old one never stopped serving: the last good configuration is
-still in place, and ``ActuatorError(rolled_back=True)`` says so.
+``apply`` starts the new configuration on another port and waits until it is healthy,
+reads its settings back from it (the engine's health, the llama.cpp process's own command
+line), and only then points the proxy at it (``DataPlane.switch_upstream``), drains the
+requests still running on the old process and stops that one. A new process that fails to
+start, or whose settings read back differently, is stopped and the old one never stopped
+serving. Live keys go to the running engine's control API (``engine_control.py``).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
+import time
+from collections.abc import Mapping
 from typing import Any
 
-from inferos.controller.actuator import ActuatorError
+import httpx
+
+from inferos.controller import backend as b
+from inferos.controller.backend import (
+    ActuatorError,
+    BackendState,
+    Capabilities,
+    Capability,
+    Outcome,
+)
 from inferos.controller.backend_child import (
     BackendChild,
     BackendStartError,
     Launcher,
     free_port,
     port_is_free,
+    read_llamacpp_argv,
 )
 from inferos.controller.drain import drain
+from inferos.controller.engine_control import EngineControl
+from inferos.controller.lemonade_backend import flavor_of, read_settings
 from inferos.controller.snapshot import BackendSettings
-from inferos.proxy.app import ProxyRuntime
+from inferos.proxy.data_plane import DataPlane
 
 log = logging.getLogger(__name__)
+ENGINE = "engine"
+LLAMACPP = "llamacpp"
+RESTART_HOW = "blue/green restart, read back from the new process"
+
+
+def managed_capabilities(kind: str) -> Capabilities:
+    keys: dict[str, Capability] = {}
+    if kind == ENGINE:
+        for key in ("backend.ctx_size", "backend.threads", "backend.provider"):
+            keys[key] = Capability(b.RESTART, RESTART_HOW + "'s health")
+        keys["kv.cache_type"] = Capability(None, "a llama.cpp cache type; the engine keeps "
+                                           "exact KV and quantizes parked KV by kv.* instead")
+        for key in b.LIVE_KEYS:
+            keys[key] = Capability(b.LIVE, "the engine's control API, acknowledged")
+    else:
+        for key in ("backend.ctx_size", "kv.cache_type", "backend.threads"):
+            keys[key] = Capability(b.RESTART, RESTART_HOW + "'s command line (llama-cpp-"
+                                   "python's server has no /props)")
+        keys["backend.provider"] = Capability(None, "llama.cpp runs on the device it was "
+                                              "built for")
+        for key in b.LIVE_KEYS:
+            keys[key] = Capability(None, "llama.cpp has no staged KV store or live control")
+    return Capabilities(kind, None, keys)
 
 
 class ManagedBackend:
-    name = "managed"
-
-    def __init__(self, launcher: Launcher, settings: BackendSettings, *,
-                 relevant_fields: tuple[str, ...] = ("ctx_size", "threads"),
-                 start_timeout_s: float = 300, drain_timeout_s: float = 600,
-                 preferred_port: int | None = None) -> None:
+    def __init__(self, kind: str, launcher: Launcher, settings: BackendSettings, *,
+                 live: Mapping[str, Any] | None = None, start_timeout_s: float = 300,
+                 drain_timeout_s: float = 600, preferred_port: int | None = None,
+                 control_token: str | None = None) -> None:
+        self.name = kind
+        self.kind = kind
         self.launcher = launcher
         # The first process takes this port when it is free (the engine's documented 8022);
         # later ones take any free port, since the old process still holds it while draining.
         self.preferred_port = preferred_port
-        # The settings this backend's command line reflects; others change nothing here.
-        self.relevant_fields = relevant_fields
         self._settings = settings
+        self._live: Mapping[str, Any] = dict(live or {})
         self.start_timeout_s = start_timeout_s
         self.drain_timeout_s = drain_timeout_s
         self.child: BackendChild | None = None
-        self.runtime: ProxyRuntime | None = None
         self.switches = 0
+        self.last_change_s: float | None = None
+        self._client: httpx.AsyncClient | None = None
+        self.token = control_token or secrets.token_urlsafe(24)
+        self.engine = EngineControl("", self.token)
 
     @property
     def settings(self) -> BackendSettings:
+        """What the running process was started with (the last that applied)."""
         return self._settings
 
     @property
@@ -56,39 +99,120 @@ class ManagedBackend:
         assert self.child is not None, "backend not started"
         return self.child.url
 
+    def _launch(self, settings: BackendSettings, port: int) -> BackendChild:
+        return self.launcher(settings, self._live if self.kind == ENGINE else {}, port)
+
     async def start(self) -> str:
-        """Starts the first process; returns its URL (the proxy's upstream)."""
         port = self.preferred_port
         if port is None or not port_is_free(port):
             port = free_port()
-        child = self.launcher(self._settings, port)
+        child = self._launch(self._settings, port)
         await child.start(self.start_timeout_s)
         self.child = child
+        self.engine.retarget(child.url)
         return child.url
 
-    def attach(self, runtime: ProxyRuntime) -> None:
-        self.runtime = runtime
+    async def capabilities(self) -> Capabilities:
+        return managed_capabilities(self.kind)
 
-    async def apply(self, settings: BackendSettings, model: str | None) -> None:
-        assert self.runtime is not None and self.child is not None
-        green = self.launcher(settings, free_port())
+    async def _read(self, child: BackendChild) -> BackendState:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=5.0)
+        if self.kind == LLAMACPP:
+            settings = read_llamacpp_argv(child.cmdline())
+            alias = child.argv[child.argv.index("--model_alias") + 1]
+            return BackendState(model=alias, settings=settings, max_ctx=None)
+        try:
+            response = await self._client.get(child.url + "/api/v1/health")
+            flavor = flavor_of(response.json())
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ActuatorError(f"engine health unreadable: {exc}", rolled_back=False) from exc
+        return BackendState(model=flavor.model_loaded, settings=read_settings(flavor),
+                            max_ctx=flavor.max_ctx)
+
+    async def read_back(self) -> BackendState:
+        if self.child is None:
+            raise ActuatorError("backend not started", rolled_back=False)
+        return await self._read(self.child)
+
+    async def apply(self, wanted: BackendSettings, plane: DataPlane, *, model: str | None,
+                    changes: tuple[str, ...]) -> tuple[Outcome, ...]:
+        assert self.child is not None
+        caps = managed_capabilities(self.kind)
+        before = await self.read_back()
+        key_of = {name: key for key, name in b.RESTART_KEYS.items()}
+        asked = {n: getattr(wanted, n) for n in changes if getattr(wanted, n) is not None}
+        outcomes = [Outcome(key_of[n], b.NOT_APPLICABLE, v, before.settings.get(n),
+                            reason=caps.of(key_of[n]).reason)
+                    for n, v in asked.items() if not caps.setting_applicable(n)]
+        changed = {n: v for n, v in asked.items() if caps.setting_applicable(n)}
+        if not changed:
+            return tuple(outcomes)
+        if model is not None and before.model is not None and before.model != model:
+            return tuple(outcomes) + tuple(
+                Outcome(key_of[n], b.NOT_APPLIED, v, before.settings.get(n),
+                        reason=f"{before.model} is loaded now, not {model} (a client's "
+                               "choice); the decision was for the other model")
+                for n, v in changed.items())
+        started = time.monotonic()
+        green = self._launch(wanted, free_port())
         try:
             await green.start(self.start_timeout_s)
-        except (BackendStartError, OSError) as exc:
+            after = await self._read(green)
+        except (BackendStartError, OSError, ActuatorError) as exc:
+            await green.stop()
             raise ActuatorError(f"new backend did not start: {exc}", rolled_back=True) from exc
+        wrong = {n: after.settings.get(n) for n, v in changed.items()
+                 if not _matches(n, v, after)}
+        if wrong:
+            await green.stop()
+            return tuple(outcomes) + tuple(
+                Outcome(key_of[n], b.NOT_APPLIED, v, wrong.get(n, before.settings.get(n)),
+                        "blue/green restart", f"the new process reports {wrong[n]!r}; "
+                        "it was stopped and the old one kept serving" if n in wrong else
+                        "the restart was abandoned")
+                for n, v in changed.items())
         blue = self.child
-        self.runtime.upstream = green.url  # new requests go to green from here on
+        plane.switch_upstream(green.url)  # new requests go to green from here on
         self.child = green
-        self._settings = settings
+        self.engine.retarget(green.url)
+        self._settings = wanted
         self.switches += 1
-        if not await drain(self.runtime, blue.url, self.drain_timeout_s):
+        self.last_change_s = time.monotonic() - started
+        if not await drain(plane, blue.url, self.drain_timeout_s, generation_only=False):
             log.warning("requests on the old backend did not finish in %s s; stopping it",
                         self.drain_timeout_s)
         await blue.stop()
+        return tuple(outcomes) + tuple(
+            Outcome(key_of[n], b.APPLIED, v, after.settings.get(n), "blue/green restart",
+                    "read back from the new process")
+            for n, v in changed.items())
+
+    async def apply_live(self, live: Mapping[str, Any], version: int) -> tuple[Outcome, ...]:
+        if self.kind != ENGINE:
+            return b.not_applicable(live, managed_capabilities(self.kind))
+        self._live = dict(live)  # a later blue/green process starts with these
+        return await self.engine.push(live, version)
+
+    def exited(self) -> int | None:
+        child = self.child
+        process = child.process if child is not None else None
+        return None if process is None else process.returncode
+
+    async def restart(self) -> str:
+        """The process died: start the last good settings again (any free port)."""
+        old = self.child
+        if old is not None:
+            await old.stop()
+        child = self._launch(self._settings, free_port())
+        await child.start(self.start_timeout_s)
+        self.child = child
+        self.engine.retarget(child.url)
+        return child.url
 
     async def describe(self) -> dict[str, Any]:
         child = self.child
-        return {"actuator": self.name, "url": child.url if child else None,
+        return {"backend": self.name, "url": child.url if child else None,
                 "pid": child.pid if child else None,
                 "argv": child.argv[1:] if child else None, "switches": self.switches}
 
@@ -96,3 +220,16 @@ class ManagedBackend:
         if self.child is not None:
             await self.child.stop()
             self.child = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        await self.engine.close()
+
+
+def _matches(name: str, wanted: Any, after: BackendState) -> bool:
+    got = after.settings.get(name)
+    if name == "ctx_size" and after.max_ctx is not None:
+        return got == min(wanted, after.max_ctx)
+    if name == "provider" and isinstance(got, str) and isinstance(wanted, str):
+        return wanted.lower() in got.lower() or got.lower().startswith(wanted.lower())
+    return got == wanted

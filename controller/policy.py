@@ -1,33 +1,50 @@
 """Policy: what the user (or a profile) asks of Infer-OS, as one frozen, validated value.
 
-A policy is changed only by building a new one: ``apply_patch(policy, {"kv": {...}})``
-validates every field of the patch and returns a new ``Policy`` or raises ``ConfigError``
-naming the offending field (``kv.level_thresholds.L1_int8``); nothing is half-applied.
+Every leaf of ``Policy`` is a policy setting of ``setting_table.SETTINGS``: its default
+comes from there, and so do the type, bounds and choices ``apply_patch`` checks. A policy
+is changed only by building a new one: ``apply_patch(policy, {"kv": {...}})`` validates
+every field of the patch and returns a new ``Policy`` or raises ``ConfigError`` naming the
+offending field (``kv.level_thresholds.L1_int8``); nothing is half-applied. Whatever a
+client sends (unknown keys, wrong types, huge numbers, deep nesting), ``ConfigError`` is
+the only exception: the walk goes no deeper than the policy itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from inferos.controller.setting_table import (
+    CACHE_TYPE_NAMES,
+    DEVICES,
+    MODES,
+    POLICY_SETTINGS,
+    PROFILES,
+    SCHEDULER_MODES,
+    Setting,
+)
 from inferos.errors import ConfigError
 
-MODES = ("optimize", "passthrough")
-PROFILES = ("safe", "balanced", "aggressive")
-SCHEDULER_MODES = ("hybrid", "gpu_only", "npu_only", "cpu_only")
-DEVICES = ("dml", "npu", "cpu", "cuda", "igpu")
-# llama.cpp KV-cache types (--cache-type-k/-v); quantized V needs flash attention.
-CACHE_TYPES = ("f16", "q8_0", "q4_0")
-ENGINE_KV_PRECISIONS = ("fp32", "int8", "int4")
+__all__ = [
+    "CACHE_TYPE_NAMES", "DEVICES", "MODES", "PROFILES", "SCHEDULER_MODES",
+    "BackendPins", "IoPolicy", "KvPolicy", "LevelThresholds", "Policy", "QualityPolicy",
+    "SchedulerPolicy", "apply_patch", "flatten", "policy_keys", "validate",
+]
+
+
+
+def _default(key: str) -> Any:
+    return POLICY_SETTINGS[key].default
 
 
 @dataclass(frozen=True, slots=True)
 class LevelThresholds:
-    L1_int8: float = 0.7
-    L2_int4: float = 0.5
-    L3_evict: float = 0.3
+    L1_int8: float = _default("kv.level_thresholds.L1_int8")
+    L2_int4: float = _default("kv.level_thresholds.L2_int4")
+    L3_evict: float = _default("kv.level_thresholds.L3_evict")
 
     def check(self) -> None:
         if not self.L1_int8 >= self.L2_int4 >= self.L3_evict:
@@ -37,46 +54,46 @@ class LevelThresholds:
 
 @dataclass(frozen=True, slots=True)
 class KvPolicy:
-    recent_window: int = 64
-    sink_tokens: int = 4
+    recent_window: int = _default("kv.recent_window")
+    sink_tokens: int = _default("kv.sink_tokens")
     level_thresholds: LevelThresholds = field(default_factory=LevelThresholds)
-    cache_type: str = "f16"       # llama.cpp backends: --cache-type-k/-v
-    allow_evict: bool = False     # L3 eviction within one long context
+    cache_type: str = _default("kv.cache_type")      # llama.cpp backends: --cache-type-k/-v
+    allow_evict: bool = _default("kv.allow_evict")   # L3 eviction within one long context
 
 
 @dataclass(frozen=True, slots=True)
 class IoPolicy:
-    enable_iobinding: bool = True
-    dml_pool_bytes: int = 2048 * 2**20
-    host_pool_bytes: int = 4096 * 2**20
+    enable_iobinding: bool = _default("io.enable_iobinding")
+    dml_pool_bytes: int = _default("io.dml_pool_bytes")
+    host_pool_bytes: int = _default("io.host_pool_bytes")
 
 
 @dataclass(frozen=True, slots=True)
 class SchedulerPolicy:
-    mode: str = "hybrid"
-    prefill_device: str = "dml"
-    decode_device: str = "npu"
+    mode: str = _default("scheduler.mode")
+    prefill_device: str = _default("scheduler.prefill_device")
+    decode_device: str = _default("scheduler.decode_device")
 
 
 @dataclass(frozen=True, slots=True)
 class QualityPolicy:
-    max_delta_ppl: float = 0.5
-    min_accept_rate: float = 0.5
+    max_delta_ppl: float = _default("quality.max_delta_ppl")
+    min_accept_rate: float = _default("quality.min_accept_rate")
 
 
 @dataclass(frozen=True, slots=True)
 class BackendPins:
     """Settings the user fixes by hand; None leaves the choice to the decision engine."""
 
-    ctx_size: int | None = None
-    threads: int | None = None
-    provider: str | None = None
+    ctx_size: int | None = _default("backend.ctx_size")
+    threads: int | None = _default("backend.threads")
+    provider: str | None = _default("backend.provider")
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    mode: str = "optimize"
-    profile: str = "balanced"
+    mode: str = _default("mode")
+    profile: str = _default("profile")
     quality: QualityPolicy = field(default_factory=QualityPolicy)
     kv: KvPolicy = field(default_factory=KvPolicy)
     io: IoPolicy = field(default_factory=IoPolicy)
@@ -87,76 +104,84 @@ class Policy:
         return dataclasses.asdict(self)
 
 
-def _check_choice(value: Any, choices: tuple[str, ...], key: str) -> str:
-    if value not in choices:
-        raise ConfigError(f"must be one of {', '.join(choices)}; got {value!r}", key=key)
-    return str(value)
+def policy_keys() -> tuple[str, ...]:
+    """Every policy leaf key, dotted (``mode``, ``kv.level_thresholds.L1_int8``), in the
+    table's order."""
+    return tuple(POLICY_SETTINGS)
 
 
-def _coerce(value: Any, current: Any, key: str) -> Any:
-    """Type-check a patched leaf against the type of the value it replaces."""
-    from inferos.controller.config import byte_size
-
-    if key.endswith("_bytes"):
-        try:
-            return byte_size(value)
-        except ValueError as exc:
-            raise ConfigError(str(exc), key=key) from exc
-    if isinstance(current, bool) or (current is None and key.endswith(("allow_evict",))):
-        if not isinstance(value, bool):
-            raise ConfigError(f"expected true or false, got {value!r}", key=key)
-        return value
-    if isinstance(current, int) or (current is None and key in ("backend.ctx_size",
-                                                                "backend.threads")):
-        if value is None and current is None:
-            return None
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"expected a non-negative integer, got {value!r}", key=key)
-        return value
-    if isinstance(current, float):
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ConfigError(f"expected a number, got {value!r}", key=key)
-        if not 0 <= float(value) <= 1e6:
-            raise ConfigError(f"out of range: {value!r}", key=key)
-        return float(value)
-    if value is not None and not isinstance(value, str):
-        raise ConfigError(f"expected a string, got {value!r}", key=key)
-    return value
+def flatten(policy: Policy) -> dict[str, Any]:
+    """Dotted policy key -> value, for every key of ``policy_keys()``."""
+    return {key: operator.attrgetter(key)(policy) for key in POLICY_SETTINGS}
 
 
-def _patch(obj: Any, patch: Any, prefix: str) -> Any:
+# The policy's shape as a tree of sections, derived from the dotted keys: a patch is
+# walked against it, so its depth bounds the walk whatever the patch's depth.
+_Tree = dict[str, "Setting | _Tree"]
+
+
+def _tree() -> _Tree:
+    root: _Tree = {}
+    for key, setting in POLICY_SETTINGS.items():
+        node = root
+        *sections, leaf = key.split(".")
+        for name in sections:
+            child = node.setdefault(name, {})
+            assert isinstance(child, dict)
+            node = child
+        node[leaf] = setting
+    return root
+
+
+_TREE = _tree()
+
+
+def _field_name(prefix: str, name: Any) -> str:
+    text = name if isinstance(name, str) else repr(name)
+    if len(text) > 64:
+        text = text[:64] + "…"
+    return f"{prefix}.{text}" if prefix else text
+
+
+def _collect(patch: Any, tree: _Tree, prefix: str, out: dict[str, Any]) -> None:
     if not isinstance(patch, dict):
-        raise ConfigError("expected an object", key=prefix.rstrip(".") or "(body)")
-    names = {f.name for f in dataclasses.fields(obj)}
-    changes: dict[str, Any] = {}
+        raise ConfigError("expected an object", key=prefix or "(body)")
     for name, value in patch.items():
-        key = f"{prefix}{name}"
-        if name not in names:
-            raise ConfigError("unknown field", key=key)
-        current = getattr(obj, name)
+        key = _field_name(prefix, name)
+        node = tree.get(name) if isinstance(name, str) else None
+        if node is None:
+            raise ConfigError(f"unknown field; expected one of {', '.join(tree)}", key=key)
+        if isinstance(node, dict):
+            _collect(value, node, key, out)
+            continue
+        try:
+            out[key] = node.parse(value, strict=True)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=key) from None
+
+
+def _replace(obj: Any, changes: Mapping[str, Any], prefix: str) -> Any:
+    updates: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        key = f"{prefix}{f.name}"
+        current = getattr(obj, f.name)
         if dataclasses.is_dataclass(current):
-            changes[name] = _patch(current, value, key + ".")
-        else:
-            changes[name] = _coerce(value, current, key)
-    return dataclasses.replace(obj, **changes)
+            if any(k.startswith(key + ".") for k in changes):
+                updates[f.name] = _replace(current, changes, key + ".")
+        elif key in changes:
+            updates[f.name] = changes[key]
+    return dataclasses.replace(obj, **updates) if updates else obj
 
 
 def validate(policy: Policy) -> Policy:
-    _check_choice(policy.mode, MODES, "mode")
-    _check_choice(policy.profile, PROFILES, "profile")
-    _check_choice(policy.kv.cache_type, CACHE_TYPES, "kv.cache_type")
-    _check_choice(policy.scheduler.mode, SCHEDULER_MODES, "scheduler.mode")
-    _check_choice(policy.scheduler.prefill_device, DEVICES, "scheduler.prefill_device")
-    _check_choice(policy.scheduler.decode_device, DEVICES, "scheduler.decode_device")
+    """``policy`` itself, if every value is of its declared type and within its bounds and
+    the thresholds are ordered; else ``ConfigError`` naming the first bad key."""
+    for key, value in flatten(policy).items():
+        try:
+            POLICY_SETTINGS[key].parse(value, strict=True)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=key) from None
     policy.kv.level_thresholds.check()
-    if policy.kv.recent_window < 1:
-        raise ConfigError("must be at least 1", key="kv.recent_window")
-    if not 0 < policy.quality.min_accept_rate <= 1:
-        raise ConfigError("must be in (0, 1]", key="quality.min_accept_rate")
-    if policy.backend.ctx_size is not None and policy.backend.ctx_size < 256:
-        raise ConfigError("must be at least 256 tokens", key="backend.ctx_size")
-    if policy.backend.threads is not None and policy.backend.threads < 1:
-        raise ConfigError("must be at least 1", key="backend.threads")
     return policy
 
 
@@ -168,10 +193,14 @@ def apply_patch(policy: Policy, patch: Any,
 
     if not isinstance(patch, dict):
         raise ConfigError("expected a JSON object", key="(body)")
-    bundles = PROFILE_POLICIES if profiles is None else profiles
+    changes: dict[str, Any] = {}
+    _collect(patch, _TREE, "", changes)
     base = policy
-    if "profile" in patch:
-        name = _check_choice(patch["profile"], PROFILES, "profile")
+    if "profile" in changes:
+        bundles = PROFILE_POLICIES if profiles is None else profiles
+        name = changes.pop("profile")
+        if name not in bundles:
+            raise ConfigError(f"no such profile in use: {name}", key="profile")
         base = dataclasses.replace(bundles[name], mode=policy.mode, backend=policy.backend)
-    rest = {k: v for k, v in patch.items() if k != "profile"}
-    return validate(_patch(base, rest, ""))
+    return validate(_replace(base, changes, ""))
+

@@ -45,6 +45,10 @@ class RequestStats:
     def add(self, record: RequestRecord) -> None:
         self._records.append((time.monotonic(), record))
 
+    def timed(self) -> list[tuple[float, RequestRecord]]:
+        """Every kept record with the monotonic time it finished (a copy)."""
+        return list(self._records)
+
     def recent(self, window_s: float | None = None) -> list[RequestRecord]:
         since = time.monotonic() - (window_s or self.window_s)
         return [r for at, r in list(self._records) if at >= since]

@@ -3,13 +3,26 @@
 The proxy posts the raw facts of each generation request (``inferos.proxy.pending_context``)
 without waiting; ``derive`` turns them into a ``RunContext`` on the controller's thread,
 counting prompt tokens with the model's tokenizer when one is known and estimating them
-(4 characters a token, labelled ``estimate``) otherwise. External callers post complete
-run-contexts through ``POST /v1/run-context``.
+(4 characters a token, labelled ``estimate``) otherwise. A client's own ``/load`` or
+``/unload`` posts facts too: ``derive`` ignores them, ``client_touched_backend`` reads them.
+External callers post complete run-contexts through ``POST /v1/run-context``.
+
+``derive`` never raises, whatever a client sent (deep nesting, huge numbers, bytes that are
+not UTF-8, fields of the wrong type, a tokenizer that fails on the text): facts it cannot
+read give None, which the caller counts as dropped. It runs in the controller's fast loop,
+so its cost is bounded too; measured on a two-core machine, ``json.loads`` holds the GIL
+(stalling the data plane as well) for ~1 ms per MiB of text but ~45 ms per MiB of ``[],``,
+and the tokenizer takes ~0.3 ms per 1000 characters. Hence a body over ``MAX_READ_BYTES``
+or with more than ``MAX_JSON_VALUES`` brackets and commas is not parsed, the prompt walk
+stops at ``MAX_PROMPT_PARTS``, and only the first ``MAX_TOKENIZED_CHARS`` characters are
+tokenized (the count for the rest is extrapolated and labelled ``estimate``). Every limit is
+far beyond a prompt that fits a local model's context.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,10 +30,20 @@ from typing import Any
 
 from inferos.errors import ConfigError
 from inferos.proxy.pending_context import RequestFacts
-from inferos.proxy.record import CHARS_PER_TOKEN_ESTIMATE, prompt_text
+from inferos.proxy.record import CHARS_PER_TOKEN_ESTIMATE, MAX_MODEL_NAME
+from inferos.proxy.routes import GENERATION
 
 # model name -> token counter for that model's prompts, when the controller knows one.
 TokenCounter = Callable[[str], int]
+
+MAX_READ_BYTES = 2 * 1024 * 1024        # ~500k tokens of text
+MAX_JSON_VALUES = 50_000                # worst case ~6 ms to parse
+MAX_PROMPT_PARTS = 10_000               # strings, lists and objects walked in a prompt
+MAX_TOKENIZED_CHARS = 32_768            # ~10 ms with SmolLM2's tokenizer
+MAX_CALLER_TOKENS = 1 << 24             # bounds what POST /v1/run-context may claim
+MAX_CALLER_BATCH = 1 << 16
+PROMPT_KEYS = ("messages", "prompt", "input")
+_STRUCTURE = b"[{,"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,50 +62,133 @@ class RunContext:
     @classmethod
     def from_api(cls, body: Any) -> RunContext:
         """Validate ``POST /v1/run-context``: seq_len, batch, target_ftl_ms, quality_budget,
-        model (optional)."""
+        model, max_tokens, stream (the last three optional). Raises ``ConfigError`` naming
+        the field; never anything else."""
         if not isinstance(body, dict):
             raise ConfigError("expected a JSON object", key="(body)")
         allowed = {"seq_len", "batch", "target_ftl_ms", "quality_budget", "model",
                    "max_tokens", "stream"}
         for key in body:
             if key not in allowed:
-                raise ConfigError("unknown field", key=key)
-        for key in ("seq_len", "batch"):
-            value = body.get(key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError("expected a non-negative integer", key=key)
+                raise ConfigError("unknown field", key=str(key)[:MAX_MODEL_NAME])
+        for key, most in (("seq_len", MAX_CALLER_TOKENS), ("batch", MAX_CALLER_BATCH)):
+            if _count(body.get(key), most) is None:
+                raise ConfigError(f"expected an integer from 0 to {most}", key=key)
+        max_tokens = body.get("max_tokens")
+        if max_tokens is not None and _count(max_tokens, MAX_CALLER_TOKENS) is None:
+            raise ConfigError(f"expected an integer from 0 to {MAX_CALLER_TOKENS}",
+                              key="max_tokens")
         for key in ("target_ftl_ms", "quality_budget"):
             value = body.get(key)
             if value is not None and (not isinstance(value, int | float)
-                                      or isinstance(value, bool) or value < 0):
-                raise ConfigError("expected a non-negative number", key=key)
+                                      or isinstance(value, bool)
+                                      or not math.isfinite(value) or value < 0):
+                raise ConfigError("expected a finite non-negative number", key=key)
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise ConfigError("expected true or false", key="stream")
         model = body.get("model", "unknown")
-        if not isinstance(model, str) or len(model) > 128:
-            raise ConfigError("expected a model name", key="model")
+        if _model_name(model) is None:
+            raise ConfigError(f"expected a model name of 1 to {MAX_MODEL_NAME} characters",
+                              key="model")
         return cls(model=model, seq_len=body["seq_len"], seq_len_source="caller",
-                   batch=body["batch"], target_ftl_ms=body.get("target_ftl_ms"),
+                   max_tokens=max_tokens, stream=stream, batch=body["batch"],
+                   target_ftl_ms=body.get("target_ftl_ms"),
                    quality_budget=body.get("quality_budget"))
 
 
 def derive(facts: RequestFacts, counters: dict[str, TokenCounter]) -> RunContext | None:
-    """A run-context from a request body; None when the body is not a JSON object."""
-    try:
-        body = json.loads(facts.body)
-    except (ValueError, UnicodeDecodeError):
+    """A run-context from a generation request's facts; None for any other route and for a
+    body that cannot be read (not a JSON object, or too costly to read). Never raises."""
+    if facts.route not in GENERATION:
         return None
-    if not isinstance(body, dict):
+    body = read_json_object(facts.body)
+    if body is None:
         return None
-    model = body.get("model")
-    model = model if isinstance(model, str) and 0 < len(model) <= 128 else "unknown"
     text = prompt_text(body)
-    counter = counters.get(model)
-    if counter is not None:
-        seq_len, source = counter(text), "tokenizer"
-    else:
-        seq_len, source = max(1, round(len(text) / CHARS_PER_TOKEN_ESTIMATE)), "estimate"
+    if text is None:
+        return None
+    model = _model_name(body.get("model")) or "unknown"
+    seq_len, source = count_tokens(text, counters.get(model))
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
-        max_tokens = None
     return RunContext(model=model, seq_len=seq_len, seq_len_source=source,
-                      max_tokens=max_tokens, stream=body.get("stream") is True,
+                      max_tokens=_count(max_tokens), stream=body.get("stream") is True,
                       concurrency=facts.concurrency, at=facts.at)
+
+
+def client_touched_backend(facts: RequestFacts) -> str | None:
+    """The model a client's own ``/load`` names (Lemonade's ``model_name``, or ``model``);
+    None for ``/unload``, for any other route and for a body that cannot be read."""
+    if facts.route != "load":
+        return None
+    body = read_json_object(facts.body)
+    if body is None:
+        return None
+    return _model_name(body.get("model_name")) or _model_name(body.get("model"))
+
+
+def read_json_object(raw: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None: not JSON, not an object, or too costly to parse
+    (see the module's docstring). Never raises."""
+    if len(raw) > MAX_READ_BYTES:
+        return None
+    # One C pass; brackets and commas bound the number of values json would build.
+    if len(raw) - len(raw.translate(None, _STRUCTURE)) > MAX_JSON_VALUES:
+        return None
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # ValueError covers UnicodeDecodeError too
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def prompt_text(body: dict[str, Any]) -> str | None:
+    """The prompt's text (``messages``, ``prompt`` or ``input``: strings, lists of them, and
+    the ``content``/``text`` of objects), joined in order; for counting only, never kept.
+    Iterative, so depth costs no stack; None past ``MAX_PROMPT_PARTS``."""
+    parts: list[str] = []
+    pending: list[Any] = [body.get(key) for key in reversed(PROMPT_KEYS)]
+    walked = 0
+    while pending:
+        value = pending.pop()
+        walked += 1
+        if walked > MAX_PROMPT_PARTS:
+            return None
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, list):
+            pending.extend(reversed(value))
+        elif isinstance(value, dict):
+            pending.append(value.get("text"))
+            pending.append(value.get("content"))  # popped first: content, then text
+    return "\n".join(parts)
+
+
+def count_tokens(text: str, counter: TokenCounter | None) -> tuple[int, str]:
+    """Prompt tokens and how they were known: the model's tokenizer (on at most
+    ``MAX_TOKENIZED_CHARS``; a longer text is extrapolated from that prefix), or 4 characters
+    a token. A tokenizer that fails or answers nonsense falls back to the estimate."""
+    estimate = max(1, round(len(text) / CHARS_PER_TOKEN_ESTIMATE))
+    if counter is None:
+        return estimate, "estimate"
+    head = text[:MAX_TOKENIZED_CHARS]
+    try:
+        tokens = counter(head)
+    except Exception:  # e.g. a lone surrogate the tokenizer cannot encode
+        return estimate, "estimate"
+    if _count(tokens) is None:
+        return estimate, "estimate"
+    if len(head) == len(text):
+        return max(1, tokens), "tokenizer"
+    return max(1, round(tokens * len(text) / len(head))), "estimate"
+
+
+def _count(value: Any, most: int | None = None) -> int | None:
+    """A non-negative integer (not a bool), at most ``most``; None otherwise."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return None
+    return value if most is None or value <= most else None
+
+
+def _model_name(value: Any) -> str | None:
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_MODEL_NAME else None

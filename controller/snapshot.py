@@ -14,27 +14,32 @@ from inferos.controller.policy import Policy, validate
 
 @dataclass(frozen=True, slots=True)
 class BackendSettings:
-    """What the backend should run with. None = leave the backend's own default."""
+    """What needs a reload or a new process to change. None = the backend's own default.
+    (What the running embedded engine takes live — KV window, thresholds, pools — is in
+    the policy itself, sent through the engine's control API.)"""
 
     ctx_size: int | None = None
-    cache_type_k: str = "f16"
-    cache_type_v: str = "f16"
-    flash_attn: bool = False
+    cache_type: str = "f16"       # llama.cpp's --cache-type-k and -v (one value for both)
     threads: int | None = None
     provider: str | None = None
-    # The embedded engine's KV store (llama.cpp and Lemonade have none): what parked KV may
-    # hold before it is demoted, and whether one long context may evict tokens.
-    host_pool_bytes: int | None = None
-    kv_allow_evict: bool = False
+
+    @property
+    def flash_attn(self) -> bool:
+        return self.cache_type != "f16"  # a quantized V cache needs flash attention
 
     def llamacpp_args(self) -> str:
         """The ``llamacpp_args`` string Lemonade's /load takes (no ctx-size: its own field)."""
-        args = [f"--cache-type-k {self.cache_type_k}", f"--cache-type-v {self.cache_type_v}"]
+        args = [f"--cache-type-k {self.cache_type}", f"--cache-type-v {self.cache_type}"]
         if self.flash_attn:
             args.append("-fa on")
         if self.threads:
             args.append(f"--threads {self.threads}")
         return " ".join(args)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"ctx_size": self.ctx_size, "cache_type": self.cache_type,
+                "flash_attn": self.flash_attn, "threads": self.threads,
+                "provider": self.provider}
 
 
 @dataclass(frozen=True, slots=True)

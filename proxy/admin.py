@@ -6,6 +6,7 @@ its own port, and the proxy must forward those untouched.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,16 +29,20 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def health_body(runtime: ProxyRuntime) -> dict[str, object]:
-    mode = runtime.mode
-    status = "passthrough" if mode.passthrough else "ok"
+    plane = runtime.data_plane
+    snapshot = plane.snapshot
     return {
-        "status": status,
+        "status": "passthrough" if snapshot.passthrough else "ok",
         "version": __version__,
-        "mode": mode.describe(),
-        "passthrough": mode.passthrough,
-        "failsafe_reason": mode.failsafe_reason,
-        "upstream": runtime.upstream,
-        "in_flight": runtime.in_flight,
+        "mode": snapshot.describe(),
+        "passthrough": snapshot.passthrough,
+        "failsafe_reason": snapshot.failsafe_reason,
+        "upstream": snapshot.upstream,
+        "in_flight": plane.in_flight(),
+        "gates": [{"model": g.model, "reason": g.reason,
+                   "closed_ms": round((time.monotonic() - g.closed_at) * 1000, 1)}
+                  for g in snapshot.gates],
+        "concurrency_limit": snapshot.limit,
         "observed_requests": runtime.observer.records,
         "observation_errors": runtime.observer.errors,
     }

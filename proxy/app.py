@@ -1,19 +1,28 @@
-"""The proxy's aiohttp application: one catch-all route, one long-lived upstream session."""
+"""The proxy's aiohttp application: one catch-all route, one long-lived upstream session.
+
+Per request the handler reads the data plane's snapshot once (upstream, passthrough,
+gates, limit). Passthrough forwards at once, observing and parsing nothing. Otherwise a
+generation request may wait, bounded, at a gate that a reloading backend closed for its
+model, or for a slot under load shedding; every other route (health, halt, stats, models,
+load, unload, ...) is never held. Only while a gate is closed does the proxy read a
+generation request's body before forwarding it, to learn which model it names.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 
-from inferos.proxy.admission import Admission
+from inferos.proxy import errors
+from inferos.proxy.data_plane import DataPlane, GateTimeout
 from inferos.proxy.forward import forward
-from inferos.proxy.mode import ProxyMode
 from inferos.proxy.observer import Observer
-from inferos.proxy.pending_context import PendingContexts
 from inferos.proxy.routes import is_generation, route_label
 from inferos.proxy.settings import ProxySettings
 from inferos.proxy.websocket import is_websocket, relay_websocket
@@ -21,24 +30,25 @@ from inferos.proxy.websocket import is_websocket, relay_websocket
 
 @dataclass
 class ProxyRuntime:
-    """What the data plane shares across requests. ``upstream`` may be switched live (the
-    controller's blue/green actuator swaps it); a request reads it once, at its start."""
+    """What the data plane shares across requests: its settings, its seam (``data_plane``,
+    the only way anything else changes the proxy) and its upstream session."""
 
     settings: ProxySettings
-    mode: ProxyMode
     observer: Observer
-    upstream: str = ""
-    in_flight: int = 0
-    # Requests still running against each upstream: blue/green drains the old one by this.
-    in_flight_by_upstream: dict[str, int] = field(default_factory=dict)
-    admission: Admission = field(default_factory=Admission)
+    data_plane: DataPlane = field(init=False)
     session: aiohttp.ClientSession | None = field(default=None, repr=False)
-    # Where request facts go for the controller; None when no controller runs.
-    run_contexts: PendingContexts | None = None
 
     def __post_init__(self) -> None:
-        if not self.upstream:
-            self.upstream = self.settings.upstream
+        self.data_plane = DataPlane(self.settings.upstream,
+                                    forced_passthrough=self.settings.passthrough)
+
+    @property
+    def upstream(self) -> str:
+        return self.data_plane.upstream
+
+    @property
+    def in_flight(self) -> int:
+        return self.data_plane.in_flight()
 
 
 RUNTIME = web.AppKey("runtime", ProxyRuntime)
@@ -63,38 +73,63 @@ def _client_session(settings: ProxySettings) -> aiohttp.ClientSession:
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
-    runtime.admission.bind(asyncio.get_running_loop())
+    runtime.data_plane.bind(asyncio.get_running_loop())
     runtime.session = _client_session(runtime.settings)
     yield
     await runtime.session.close()
     runtime.session = None
 
 
+def model_named(body: bytes) -> str | None:
+    """The ``model`` a JSON request body names; None when it names none or is not JSON
+    (the backend will answer that one: it is forwarded as sent)."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    model = value.get("model") if isinstance(value, dict) else None
+    return model if isinstance(model, str) else None
+
+
 async def _handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    assert runtime.session is not None
+    session = runtime.session
+    assert session is not None
+    plane = runtime.data_plane
+    snapshot = plane.snapshot  # read once: this request never sees half a change
     if is_websocket(request):
-        return await relay_websocket(request, runtime.session, runtime.upstream)
-    passthrough = runtime.mode.passthrough
-    generation = False
-    if not passthrough:
-        generation = is_generation(route_label(request.path))
-        await runtime.admission.enter(generation)
-    # Read once, after any wait: a switch that happened meanwhile sends us to the new one.
-    upstream = runtime.upstream
-    by_upstream = runtime.in_flight_by_upstream
-    by_upstream[upstream] = by_upstream.get(upstream, 0) + 1
-    runtime.in_flight += 1
-    try:
-        return await forward(request, settings=runtime.settings, session=runtime.session,
-                             observer=None if passthrough else runtime.observer,
-                             upstream=upstream, run_contexts=runtime.run_contexts,
-                             in_flight=runtime.in_flight)
-    finally:
-        runtime.in_flight -= 1
-        by_upstream[upstream] -= 1
-        if not passthrough:
-            runtime.admission.leave(generation)
+        return await relay_websocket(request, session, snapshot.upstream)
+    if snapshot.passthrough:
+        with plane.running(snapshot.upstream, generation=False, admitted=False):
+            return await forward(request, settings=runtime.settings, session=session,
+                                 observer=None, upstream=snapshot.upstream)
+    route = route_label(request.path)
+    generation = is_generation(route)
+    body: bytes | None = None
+    admitted = False
+    if generation and (snapshot.gates or snapshot.limit is not None):
+        model = None
+        if snapshot.gates_route(route):
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return errors.body_too_large(runtime.settings.max_body_bytes, None)
+            model = model_named(body)
+        try:
+            await plane.admit(route, model, generation)
+        except GateTimeout as exc:
+            return errors.backend_reloading(exc.gate.reason,
+                                            max(1, math.ceil(exc.gate.max_wait_s / 4)), None)
+        admitted = True
+        # After a wait the reload may have moved the backend (blue/green): this request
+        # starts now, on the snapshot in force now.
+        snapshot = plane.snapshot
+    upstream = snapshot.upstream
+    with plane.running(upstream, generation=generation, admitted=admitted):
+        return await forward(request, settings=runtime.settings, session=session,
+                             observer=runtime.observer, upstream=upstream,
+                             facts=plane.facts if plane.collect_facts else None,
+                             in_flight=plane.in_flight(), body=body)
 
 
 def build_proxy_app(runtime: ProxyRuntime) -> web.Application:

@@ -40,3 +40,13 @@ def body_too_large(limit: int, request_id: str | None) -> web.Response:
         413, "request_too_large",
         f"The request body exceeds the proxy's limit of {limit} bytes.",
         request_id=request_id)
+
+
+def backend_reloading(reason: str, retry_after_s: int, request_id: str | None) -> web.Response:
+    response = openai_error(
+        503, "backend_reloading",
+        f"The backend is reloading this model ({reason}) and did not come back within the "
+        f"proxy's wait; retry in {retry_after_s} s.",
+        request_id=request_id)
+    response.headers["Retry-After"] = str(retry_after_s)
+    return response

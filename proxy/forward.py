@@ -36,7 +36,7 @@ from inferos.proxy.headers import (
 from inferos.proxy.observation import Observation
 from inferos.proxy.observer import Observer
 from inferos.proxy.pending_context import PendingContexts, RequestFacts
-from inferos.proxy.routes import is_generation, route_label
+from inferos.proxy.routes import GENERATION, route_label
 from inferos.proxy.settings import ProxySettings
 
 READ_CHUNK = 64 * 1024
@@ -69,6 +69,11 @@ async def _request_body(
         on_done()
 
 
+# Routes whose request facts go to the controller: generations (what it tunes for) and a
+# client's own load/unload (after which it leaves the backend alone for a while).
+FACT_ROUTES = GENERATION | {"load", "unload"}
+
+
 def _poster(obs: Observation, queue: PendingContexts, in_flight: int) -> Callable[[], None]:
     def post() -> None:
         if not obs.request_truncated:
@@ -88,25 +93,27 @@ async def forward(
     session: aiohttp.ClientSession,
     observer: Observer | None,
     upstream: str,
-    run_contexts: PendingContexts | None = None,
+    facts: PendingContexts | None = None,
     in_flight: int = 1,
+    body: bytes | None = None,
 ) -> web.StreamResponse:
     """Forward ``request``; observe it unless ``observer`` is None (passthrough). When the
-    body of a generation request has been sent, its facts go to ``run_contexts``."""
+    body of a generation (or load/unload) request has been sent, its facts go to
+    ``facts``. ``body``: the request body, when the proxy already read it (to gate)."""
     obs: Observation | None = None
     on_done = None
     if observer is not None:
         obs = Observation(request.method, request.path, route_label(request.path),
                           settings.observe_max_bytes)
-        if run_contexts is not None and is_generation(obs.route):
-            on_done = _poster(obs, run_contexts, in_flight)
+        if facts is not None and obs.route in FACT_ROUTES:
+            on_done = _poster(obs, facts, in_flight)
     headers, request_id = request_headers(request.headers, add_request_id=obs is not None)
     if obs is not None:
         obs.request_id = request_id
 
     try:
         return await _relay(request, settings, session, upstream, headers, request_id, obs,
-                            on_done)
+                            on_done, body)
     finally:
         if obs is not None and observer is not None:
             if obs.ended is None:
@@ -123,6 +130,7 @@ async def _relay(
     request_id: str | None,
     obs: Observation | None,
     on_done: Callable[[], None] | None,
+    body: bytes | None,
 ) -> web.StreamResponse:
     length = request.content_length
     if length is not None and length > settings.max_body_bytes:
@@ -133,10 +141,10 @@ async def _relay(
 
     body_state = _BodyState()
     data: bytes | AsyncIterator[bytes] | None = None
-    if length is not None and length <= SMALL_BODY:
+    if body is not None or (length is not None and length <= SMALL_BODY):
         # A small declared body is read whole and sent in one write with the headers:
         # streaming it costs an extra round of the event loop and a second TCP segment.
-        data = await request.read()
+        data = body if body is not None else await request.read()
         if obs is not None:
             obs.on_request_chunk(data)
         if on_done is not None:

@@ -27,6 +27,7 @@ KNOWN = frozenset(
         "stats",
         "system-info",
         "live",
+        "halt",
         "metrics",
     }
 )

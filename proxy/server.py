@@ -15,7 +15,6 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from inferos.proxy.admin import build_admin_app
 from inferos.proxy.app import ProxyRuntime, build_proxy_app
 from inferos.proxy.metrics import ProxyMetrics
-from inferos.proxy.mode import ProxyMode
 from inferos.proxy.observer import Observer
 from inferos.proxy.settings import HostPort, ProxySettings
 
@@ -34,10 +33,11 @@ class ProxyServer:
         if registry is None:
             # process_resident_memory_bytes & co., on our registry rather than the global one
             ProcessCollector(registry=self.registry)
-        self.mode = ProxyMode(forced=settings.passthrough)
         self.observer = Observer()
-        self.runtime = ProxyRuntime(settings=settings, mode=self.mode, observer=self.observer)
-        self.metrics = ProxyMetrics(self.registry, lambda: self.mode.passthrough)
+        self.runtime = ProxyRuntime(settings=settings, observer=self.observer)
+        self.data_plane = self.runtime.data_plane
+        plane = self.data_plane
+        self.metrics = ProxyMetrics(self.registry, lambda: plane.snapshot.passthrough)
         self.observer.subscribe(self.metrics.observe)
         self.proxy_app = build_proxy_app(self.runtime)
         self.admin_app = build_admin_app(self.runtime, self.registry)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from inferos.event_loop import run_event_loop
 
 if TYPE_CHECKING:
-    from inferos.controller.actuator import Actuator
+    from inferos.controller.backend import Backend
     from inferos.controller.config import Config
 
 BACKENDS = ("engine", "llamacpp")
@@ -70,15 +70,15 @@ async def _serve(args: argparse.Namespace) -> int:
         "engine.backend": args.backend,
         "engine.model": args.model,
     })
-    upstream, actuator = await _choose_backend(config, explicit_backend=args.backend)
-    return await _run_agent(config, upstream, actuator)
+    upstream, backend = await _choose_backend(config, explicit_backend=args.backend)
+    return await _run_agent(config, upstream, backend)
 
 
 async def _choose_backend(config: Config, explicit_backend: str | None
-                          ) -> tuple[str, Actuator]:
+                          ) -> tuple[str, Backend]:
     """The proxy's first upstream ("" when the controller starts the backend) and the
-    actuator that reconfigures it."""
-    from inferos.controller.lemonade_actuator import LemonadeActuator
+    backend the controller tunes."""
+    from inferos.controller.lemonade_backend import LemonadeBackend
     from inferos.errors import ConfigError
     from inferos.proxy.discovery import LEMONADE_DEFAULTS, find_lemonade
 
@@ -87,23 +87,23 @@ async def _choose_backend(config: Config, explicit_backend: str | None
     if backend not in BACKENDS:
         raise ConfigError(f"one of {', '.join(BACKENDS)}", key="engine.backend")
     if upstream is not None:
-        return upstream, LemonadeActuator(upstream)
+        return upstream, LemonadeBackend(upstream)
     if backend == "llamacpp":
         return "", _llamacpp_backend(config)
     if explicit_backend is None:
         found = await asyncio.to_thread(find_lemonade)
         if found is not None:
             _say(f"Lemonade answers at {found}; proxying to it")
-            return found, LemonadeActuator(found)
+            return found, LemonadeBackend(found)
         _say(f"no Lemonade answered at {' and '.join(LEMONADE_DEFAULTS)}; starting the "
              "embedded engine (give a backend with --upstream URL or INFEROS_UPSTREAM=URL)")
     return "", await _engine_backend(config)
 
 
-def _llamacpp_backend(config: Config) -> Actuator:
-    from inferos.controller.backend_child import LLAMACPP_FIELDS, llamacpp_launcher
+def _llamacpp_backend(config: Config) -> Backend:
+    from inferos.controller.backend_child import llamacpp_launcher
     from inferos.controller.decisions import starting_settings
-    from inferos.controller.managed_backend import ManagedBackend
+    from inferos.controller.managed_backend import LLAMACPP, ManagedBackend
     from inferos.errors import ConfigError
 
     model = config.get("engine.model")
@@ -112,14 +112,17 @@ def _llamacpp_backend(config: Config) -> Actuator:
                           key="engine.model")
     path = Path(model).resolve()
     alias = path.stem
-    return ManagedBackend(llamacpp_launcher(str(path), alias), starting_settings(config.policy()),
-                          relevant_fields=LLAMACPP_FIELDS)
+    return ManagedBackend(LLAMACPP, llamacpp_launcher(str(path), alias),
+                          starting_settings(config.policy()))
 
 
-async def _engine_backend(config: Config) -> Actuator:
-    from inferos.controller.backend_child import ENGINE_FIELDS, engine_launcher
+async def _engine_backend(config: Config) -> Backend:
+    import secrets
+
+    from inferos.controller.backend_child import engine_launcher
     from inferos.controller.decisions import starting_settings
-    from inferos.controller.managed_backend import ManagedBackend
+    from inferos.controller.managed_backend import ENGINE, ManagedBackend
+    from inferos.controller.policy_report import live_keys
     from inferos.engine.prepare import DEFAULT_PRECISION, ensure_prepared
 
     name = config.get("engine.model") or "smollm2-135m-instruct"
@@ -130,18 +133,22 @@ async def _engine_backend(config: Config) -> Actuator:
         folder = await asyncio.to_thread(ensure_prepared, name, precision, progress=_say)
         # The engine knows its models by name in the default precision; others by folder.
         model = name if precision == DEFAULT_PRECISION else str(folder)
-    return ManagedBackend(engine_launcher(model), starting_settings(config.policy()),
-                          relevant_fields=ENGINE_FIELDS, preferred_port=ENGINE_PORT)
+    # The engine's control API takes this token only: another local process cannot steer it.
+    token = secrets.token_urlsafe(24)
+    policy = config.policy()
+    return ManagedBackend(ENGINE, engine_launcher(model, token), starting_settings(policy),
+                          live=live_keys(policy), preferred_port=ENGINE_PORT,
+                          control_token=token)
 
 
-async def _run_agent(config: Config, upstream: str, actuator: Actuator) -> int:
+async def _run_agent(config: Config, upstream: str, backend: Backend) -> int:
     from inferos.controller.agent import Agent
 
     agent = Agent(config.proxy_settings(upstream), config.policy(),
-                  config.controller_settings(), actuator, profiles=config.profiles)
+                  config.controller_settings(), backend, profiles=config.profiles)
     await agent.start()
     proxy = agent.proxy
-    mode = "passthrough" if proxy.mode.passthrough else "observing"
+    mode = "passthrough" if proxy.data_plane.snapshot.passthrough else "observing"
     _say(f"proxy on {proxy.proxy_url} -> {agent.runtime.upstream} ({mode}); control API, "
          f"metrics and health on {proxy.admin_url}")
     stop = asyncio.Event()

@@ -35,13 +35,19 @@ def render(health: dict[str, Any], metrics: dict[str, Any] | None) -> str:
     minute = health.get("last_minute") or {}
     settings = health.get("backend_settings") or {}
     controller = health.get("controller") or {}
+    backend = health.get("backend") or {}
+    status = health.get("policy_status") or {}
+    not_in_effect = sorted(k for k, v in status.items()
+                           if isinstance(v, dict) and v.get("status") in ("not_applied",
+                                                                          "pending"))
     lines = [
         f"status      {health.get('status', '?')}"
         + (f"  ({health['failsafe_reason']})" if health.get("failsafe_reason") else ""),
         f"mode        {health.get('mode', '?')}",
-        f"backend     {health.get('upstream', '?')}  actuator={controller.get('actuator')}  "
-        f"ctx={settings.get('ctx_size')}  kv={settings.get('cache_type_k')}  "
-        f"threads={settings.get('threads')}",
+        f"backend     {health.get('upstream', '?')}  {backend.get('kind')}"
+        f"  model={backend.get('model')}  (read back:)"
+        f"  ctx={settings.get('ctx_size', 'n/a')}  kv={settings.get('cache_type', 'n/a')}"
+        f"  threads={settings.get('threads', 'n/a')}",
         f"policy      v{health.get('policy_version', '?')}  "
         f"profile={(health.get('policy') or {}).get('profile')}",
         f"last minute {minute.get('requests', 0)} requests, {minute.get('errors', 0)} errors, "
@@ -50,6 +56,8 @@ def render(health: dict[str, Any], metrics: dict[str, Any] | None) -> str:
         f"in flight   {health.get('in_flight', 0)}  "
         f"failsafe trips={controller.get('failsafe_trips', 0)}",
     ]
+    if not_in_effect:
+        lines.append(f"not in effect {', '.join(not_in_effect)} (see /v1/health policy_status)")
     if metrics is not None:
         mem = metrics.get("mem") or {}
         lines.append(f"memory      host {_num(mem.get('host_gb'), ' GB')}  "

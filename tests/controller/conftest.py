@@ -3,10 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from inferos.controller.controller import ControllerSettings
-from inferos.controller.decisions import Observed, decide
+from inferos.controller.decisions import DecisionSettings
 from inferos.controller.policy import Policy
 from inferos.controller.profiles import profile_policy
-from inferos.controller.snapshot import BackendSettings
 from inferos.proxy.settings import HostPort, ProxySettings
 
 
@@ -25,13 +24,16 @@ def controller_settings(tmp_path: Path, **overrides: object) -> ControllerSettin
     # machine from tripping the fail-safe in tests that are not about it.
     failsafe = FailsafeSettings(recover_after_s=float(values.pop("recover_after_s")),  # type: ignore[arg-type]
                                 stale_after_s=float(values.pop("stale_after_s")))  # type: ignore[arg-type]
-    return ControllerSettings(failsafe=failsafe, **values)  # type: ignore[arg-type]
+    decisions = values.pop("decisions", DecisionSettings())
+    return ControllerSettings(failsafe=failsafe, decisions=decisions,  # type: ignore[arg-type]
+                              **values)  # type: ignore[arg-type]
 
 
-def initial_settings(policy: Policy, ctx_size: int = 2048) -> BackendSettings:
-    empty = Observed(stats=None, longest_request_tokens=None, memory_pressure=False,
-                     quality_budget=None)
-    return decide(BackendSettings(ctx_size=ctx_size), policy, empty).settings
+def quick_decisions(**overrides: object) -> DecisionSettings:
+    """Evidence rules scaled down so a test reaches them in seconds, not minutes."""
+    values: dict[str, object] = {"min_requests": 3, "min_span_s": 0.5, "window_s": 120.0}
+    values.update(overrides)
+    return DecisionSettings(**values)  # type: ignore[arg-type]
 
 
 def policy(profile: str = "safe") -> Policy:

@@ -24,7 +24,8 @@ SECRET = "the secret prompt text 4711"
 
 async def _post(url: str, body: object) -> tuple[int, dict | None]:
     async with aiohttp.ClientSession() as client:
-        kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
+        kwargs = {"data": body, "headers": {"Content-Type": "application/json"}} \
+            if isinstance(body, bytes) else {"json": body}
         async with client.post(url, **kwargs) as resp:  # type: ignore[arg-type]
             text = await resp.text()
             is_json = resp.content_type == "application/json" and text
@@ -75,7 +76,7 @@ async def test_valid_policy_publishes_a_new_version(agent: Agent) -> None:
     status, _ = await _post(agent.proxy.admin_url + "/v1/policy",
                             {"profile": "aggressive", "kv": {"recent_window": 96},
                              "io": {"host_pool_bytes": "1GiB"}})
-    assert status == 204
+    assert status == 200
     current = agent.controller.snapshots.current
     assert current.version > version
     assert current.policy.profile == "aggressive" and current.policy.kv.recent_window == 96
@@ -88,12 +89,12 @@ async def test_valid_policy_publishes_a_new_version(agent: Agent) -> None:
 async def test_passthrough_switches_live_and_back(agent: Agent) -> None:
     chat = {"model": "smollm2", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}
     url = agent.proxy.admin_url + "/v1/policy"
-    assert (await _post(url, {"mode": "passthrough"}))[0] == 204
+    assert (await _post(url, {"mode": "passthrough"}))[0] == 200
     assert (await _get(agent.proxy.admin_url + "/v1/health"))["status"] == "passthrough"
     seen = agent.proxy.observer.records
     assert (await _post(agent.proxy.proxy_url + "/v1/chat/completions", chat))[0] == 200
     assert agent.proxy.observer.records == seen
-    assert (await _post(url, {"mode": "optimize"}))[0] == 204
+    assert (await _post(url, {"mode": "optimize"}))[0] == 200
     assert (await _get(agent.proxy.admin_url + "/v1/health"))["status"] == "ok"
     assert (await _post(agent.proxy.proxy_url + "/v1/chat/completions", chat))[0] == 200
     assert agent.proxy.observer.records == seen + 1
@@ -132,7 +133,8 @@ async def test_metrics_shape_and_openapi(agent: Agent) -> None:
     assert metrics["mem"]["vram_gb"] is None and metrics["util"]["npu"] is None
     assert metrics["mem"]["host_gb"] > 0 and set(metrics["mem"]["kv_levels"]) == {
         "L0", "L1", "L2", "L3"}
-    assert metrics["quality"]["delta_ppl_est"] is not None
+    # No backend is tuned here, so no KV type was verified in effect: nothing measured.
+    assert metrics["quality"]["delta_ppl_est"] is None
     spec = await _get(agent.proxy.admin_url + "/openapi.json")
     assert {"/v1/policy", "/v1/run-context", "/v1/metrics", "/v1/health"} <= set(spec["paths"])
 
@@ -189,17 +191,17 @@ async def test_a_hot_machine_sheds_load(llama_server: RunningServer, tmp_path: P
                      sampler=sampler) as agent:
         hot["on"] = True
         deadline = time.monotonic() + 5
-        while agent.runtime.admission.limit is None and time.monotonic() < deadline:
+        while agent.proxy.data_plane.snapshot.limit is None and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        assert agent.runtime.admission.limit == 1
+        assert agent.proxy.data_plane.snapshot.limit == 1
         assert (await _get(agent.proxy.admin_url + "/v1/health"))["status"] == "degraded"
         chat = {"model": "smollm2", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}
         assert (await _post(agent.proxy.proxy_url + "/v1/chat/completions", chat))[0] == 200
         hot["on"] = False
         deadline = time.monotonic() + 5
-        while agent.runtime.admission.limit is not None and time.monotonic() < deadline:
+        while agent.proxy.data_plane.snapshot.limit is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        assert agent.runtime.admission.limit is None
+        assert agent.proxy.data_plane.snapshot.limit is None
     events = [json.loads(x)["event"] for f in (tmp_path / "logs").glob("events_*.jsonl")
               for x in f.read_text().splitlines()]
     assert "shed" in events and "unshed" in events

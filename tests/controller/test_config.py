@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from inferos.controller.config import load_config
+from inferos.controller.config import SCHEMA, load_config
+from inferos.controller.policy import flatten
+from inferos.controller.profiles import PROFILE_POLICIES
+from inferos.controller.setting_table import SETTINGS, Setting
+from inferos.controller.setting_types import Address, Bool, ByteSize, Choice, Float, Int, Url
 from inferos.errors import ConfigError
 from inferos.proxy.settings import HostPort
 
@@ -132,3 +136,60 @@ def test_profiles_section_adjusts_a_bundle_and_rejects_unknown_ones(tmp_path: Pa
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, "profiles:\n  turbo: {}\n"), env={})
     assert info.value.key == "profiles.turbo"
+
+
+def _env_text(setting: Setting) -> tuple[str, object]:
+    """A non-default value for ``setting`` as an environment string, and its parsed value."""
+    kind = setting.kind
+    if isinstance(kind, Int):
+        return str(kind.minimum), kind.minimum
+    if isinstance(kind, Float):  # a nudge keeps the thresholds ordered
+        number = (setting.default or 1.0) + 0.01
+        return str(number), number
+    if isinstance(kind, Bool):
+        return ("no", False) if setting.default else ("yes", True)
+    if isinstance(kind, Choice):
+        other = [c for c in kind.choices if c != setting.default][0]
+        return other, other
+    if isinstance(kind, ByteSize):
+        return "3 MiB", 3 * 2**20
+    if isinstance(kind, Address):
+        return "127.0.0.1:9999", HostPort("127.0.0.1", 9999)
+    if isinstance(kind, Url):
+        return "http://h:1/", "http://h:1"
+    return "cpu", "cpu"
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.path)
+def test_every_declared_setting_loads_from_each_environment_name(setting: Setting) -> None:
+    text, value = _env_text(setting)
+    for name in setting.env_names:
+        config = load_config(None, env={name: text})
+        assert config.get(setting.path) == value, name
+        if setting.policy:
+            assert flatten(config.policy())[setting.key] == value, name
+
+
+def test_unset_policy_keys_leave_the_profile_alone() -> None:
+    assert all(SCHEMA[s.path].default is None for s in SETTINGS if s.policy)
+    assert all(SCHEMA[s.path].default == s.default for s in SETTINGS if not s.policy)
+    config = load_config(None, env={})
+    assert config.get("infer_os.kv.cache_type") is None
+    assert config.policy() == PROFILE_POLICIES["balanced"]
+
+
+@pytest.mark.parametrize(("text", "key", "line"), [
+    ("infer_os:\n  kv:\n    recent_window: 0\n", "infer_os.kv.recent_window", 3),
+    ("infer_os:\n  kv: {recent_window: 2000000}\n", "infer_os.kv.recent_window", 2),
+    ("infer_os:\n  io: {host_pool_bytes: -1}\n", "infer_os.io.host_pool_bytes", 2),
+    ("infer_os:\n\n  backend: {ctx_size: 100}\n", "infer_os.backend.ctx_size", 3),
+    ("infer_os:\n  kv: {level_thresholds: {L2_int4: 1.5}}\n",
+     "infer_os.kv.level_thresholds.L2_int4", 2),
+    ("infer_os:\n  kv: {recent_window: 1.5}\n", "infer_os.kv.recent_window", 2),
+    ("engine: {backend: vllm}\n", "engine.backend", 1),
+])
+def test_values_out_of_bounds_in_the_file_name_the_key_and_line(
+        tmp_path: Path, text: str, key: str, line: int) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text), env={})
+    assert info.value.key == key and info.value.line == line

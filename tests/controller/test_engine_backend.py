@@ -11,11 +11,12 @@ import httpx
 import pytest
 
 from inferos.controller.agent import Agent
-from inferos.controller.backend_child import ENGINE_FIELDS, engine_launcher
-from inferos.controller.lemonade_actuator import LemonadeActuator, flavor_of
-from inferos.controller.managed_backend import ManagedBackend
+from inferos.controller.backend_child import engine_launcher
+from inferos.controller.lemonade_backend import LemonadeBackend, flavor_of
+from inferos.controller.managed_backend import ENGINE, ManagedBackend
+from inferos.controller.snapshot import BackendSettings
 from inferos.tasks import TaskGroup
-from tests.controller.conftest import controller_settings, initial_settings, policy, proxy_settings
+from tests.controller.conftest import controller_settings, policy, proxy_settings
 from tests.controller.steady_load import steady_load
 from tests.engine.engine_process import MODEL, engine_process, prepared_model
 
@@ -52,28 +53,28 @@ async def _pin_ctx_under_load(agent: Agent, ctx_size: int, switched) -> list[int
     return results
 
 
-async def test_lemonade_actuator_reloads_the_engine_through_its_api(tmp_path: Path) -> None:
+async def test_lemonade_backend_reloads_the_engine_through_its_api(tmp_path: Path) -> None:
     prepared_model()
     with engine_process(tmp_path, "--ctx-size", "1024") as engine:
-        actuator = LemonadeActuator(engine.url)
+        backend = LemonadeBackend(engine.url)
         agent = Agent(proxy_settings(engine.url), policy("safe"),
-                      controller_settings(tmp_path), actuator)
+                      controller_settings(tmp_path), backend)
         async with agent:
-            # (the actuator's own client lives on the controller's loop: read health here)
+            # (the backend's own client lives on the controller's loop: read health here)
             flavor = flavor_of(httpx.get(engine.url + "/api/v1/health", timeout=10).json())
             assert flavor.kind == "cpp" and flavor.is_inferos_engine
-            results = await _pin_ctx_under_load(
-                agent, 2048, lambda: actuator.settings.ctx_size == 2048)
+            results = await _pin_ctx_under_load(agent, 2048, lambda: backend.loads >= 1)
             assert _engine_ctx(engine.url) == 2048
             assert results and all(code == 200 for code in results), results
-            assert not agent.runtime.mode.passthrough
+            assert not agent.proxy.data_plane.snapshot.passthrough
+            status = agent.controller.policy_status()["backend.ctx_size"]
+            assert status["status"] == "applied" and status["in_effect"] == 2048
 
 
 async def test_managed_engine_switches_blue_green(tmp_path: Path) -> None:
     prepared_model()
     start_policy = policy("safe")
-    backend = ManagedBackend(engine_launcher(MODEL), initial_settings(start_policy, 1024),
-                             relevant_fields=ENGINE_FIELDS)
+    backend = ManagedBackend(ENGINE, engine_launcher(MODEL), BackendSettings(ctx_size=1024))
     agent = Agent(proxy_settings(), start_policy, controller_settings(tmp_path), backend)
     async with agent:
         first = await backend.describe()
@@ -83,6 +84,8 @@ async def test_managed_engine_switches_blue_green(tmp_path: Path) -> None:
         assert after["pid"] != first["pid"]
         assert after["argv"][after["argv"].index("--ctx-size") + 1] == "2048"
         assert _engine_ctx(agent.runtime.upstream) == 2048
+        status = agent.controller.policy_status()["backend.ctx_size"]
+        assert status["status"] == "applied" and status["in_effect"] == 2048
         assert results and all(code == 200 for code in results), results
         print(f"\nrequests during the switch: {len(results)}, failed: "
               f"{sum(1 for r in results if r != 200)}")
