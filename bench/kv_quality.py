@@ -24,6 +24,11 @@ Settings:
                     (kvstore/rotary.py); "old positions" leaves their phases as they were,
                     to show why that is needed.
 
+The measurement core (the model on a numpy past, the segment loop, the INT8/INT4
+transform) is engine/kv_perplexity.py, which engine/kv_calibration.py also runs to measure
+the per-level figures that the engine's ``delta_ppl_est`` is weighted from; this harness
+adds eviction and the store.
+
 KV bytes are for the final 2,048-token past in each setting, metadata included, against
 the same past held in FP16.
 
@@ -33,11 +38,8 @@ the same past held in FP16.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,51 +47,35 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# The measurement core (model on a numpy past, the segment loop, the quantizing transform)
+# is the engine's, shared with its KV calibration; kv_ab.py reaches it through the names
+# below too.
+from inferos.engine.kv_perplexity import (  # noqa: E402
+    LICENCE_TEXTS,
+    Past,
+    PastModel,
+    Transform,
+    log_softmax,
+    open_model,
+    quantized,
+    read_text,
+    score_segments,
+    token_ids,
+)
 from inferos.kvstore.accounting import ModelKvShape, kv_bytes, memory_report  # noqa: E402
 from inferos.kvstore.importance import attention_proxy, semantic_proxy  # noqa: E402
 from inferos.kvstore.levels import Level  # noqa: E402
-from inferos.kvstore.quantize import (  # noqa: E402
-    INT4,
-    INT8,
-    KEY_GROUP_AXIS,
-    VALUE_GROUP_AXIS,
-    QuantFormat,
-    round_trip,
-)
+from inferos.kvstore.quantize import INT4, INT8  # noqa: E402
 from inferos.kvstore.rotary import compacted_shift, rotate_keys  # noqa: E402
 from inferos.kvstore.store import KvStore, KvStoreConfig  # noqa: E402
 
-DEFAULT_TEXTS = ("/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/Apache-2.0")
+DEFAULT_TEXTS = LICENCE_TEXTS
+Model = PastModel
+
+__all__ = ["DEFAULT_TEXTS", "SHAPE", "Model", "Past", "load", "log_softmax", "main",
+           "resolve_folder"]
+
 BLOCK = 32
-
-Past = tuple[list[np.ndarray], list[np.ndarray]]  # per layer [H, P, D] keys, values
-
-
-@dataclass
-class Model:
-    """A plain onnxruntime session on the builder's graph (see RUNTIME_FACTS.md)."""
-
-    session: object
-    shape: ModelKvShape
-    folder: Path
-
-    def forward(self, ids: np.ndarray, past: Past) -> tuple[np.ndarray, Past]:
-        """Logits [S, V] of ``ids`` after ``past``, and the present (past + ids) KV."""
-        keys, values = past
-        total = keys[0].shape[1] + len(ids)
-        feed: dict[str, np.ndarray] = {
-            "input_ids": ids[None, :].astype(np.int64),
-            "attention_mask": np.ones((1, total), dtype=np.int64),
-        }
-        for i in range(self.shape.n_layers):
-            feed[f"past_key_values.{i}.key"] = np.ascontiguousarray(keys[i][None])
-            feed[f"past_key_values.{i}.value"] = np.ascontiguousarray(values[i][None])
-        out = self.session.run(None, feed)  # type: ignore[attr-defined]
-        n = self.shape.n_layers
-        logits = out[0][0]
-        present_k = [a[0] for a in out[1:1 + n]]
-        present_v = [a[0] for a in out[1 + n:1 + 2 * n]]
-        return logits, (present_k, present_v)
 
 
 def resolve_folder(model: str, model_dir: str | None) -> Path:
@@ -106,54 +92,11 @@ def resolve_folder(model: str, model_dir: str | None) -> Path:
 
 
 def load(folder: Path, threads: int) -> tuple[Model, object]:
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
-
-    onnx_files = sorted(folder.glob("*.onnx"))
-    if not onnx_files:
-        raise SystemExit(f"no .onnx file in {folder}")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(onnx_files[0]), opts, providers=["CPUExecutionProvider"])
-    kv_inputs = [i for i in session.get_inputs() if i.name.startswith("past_key_values.")]
-    if kv_inputs[0].type != "tensor(float)":
-        raise SystemExit(f"need a float32-KV graph, got {kv_inputs[0].type}")
-    # The graph leaves head_dim symbolic; the builder's genai_config.json states it.
-    decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
-    shape = ModelKvShape(len(kv_inputs) // 2, int(decoder["num_key_value_heads"]),
-                         int(decoder["head_size"]))
-    return Model(session, shape, folder), Tokenizer.from_file(str(folder / "tokenizer.json"))
+    model = open_model(folder, threads)
+    return model, model.tokenizer
 
 
-def protected(p: int, sinks: int, recent: int) -> slice:
-    """The transformable middle of a past of ``p`` tokens."""
-    return slice(min(sinks, p), max(min(sinks, p), p - recent))
-
-
-def quantized(fmt: QuantFormat, group: int, sinks: int, recent: int
-              ) -> Callable[[Past, np.ndarray], tuple[Past, int]]:
-    def transform(past: Past, ids: np.ndarray) -> tuple[Past, int]:
-        keys, values = past
-        mid = protected(keys[0].shape[1], sinks, recent)
-        n_mid = mid.stop - mid.start
-        out_k, out_v = [], []
-        for k, v in zip(keys, values, strict=True):
-            k, v = k.copy(), v.copy()
-            if n_mid:
-                k[:, mid] = round_trip(k[:, mid], fmt, group, KEY_GROUP_AXIS)
-                v[:, mid] = round_trip(v[:, mid], fmt, group, VALUE_GROUP_AXIS)
-            out_k.append(k)
-            out_v.append(v)
-        level = Level.L1 if fmt is INT8 else Level.L2
-        p = keys[0].shape[1]
-        nbytes = (kv_bytes(SHAPE[0], p - n_mid, Level.L0, exact_itemsize=2)
-                  + kv_bytes(SHAPE[0], n_mid, level, group_size=group))
-        return (out_k, out_v), nbytes
-    return transform
-
-
-def mixed(group: int, sinks: int, recent: int) -> Callable[[Past, np.ndarray], tuple[Past, int]]:
+def mixed(group: int, sinks: int, recent: int) -> Transform:
     def transform(past: Past, ids: np.ndarray) -> tuple[Past, int]:
         keys, values = past
         p = keys[0].shape[1]
@@ -188,7 +131,7 @@ def block_importance(keys: list[np.ndarray], ranges: list[tuple[int, int]], rece
 
 
 def evicting(fraction: float, sinks: int, recent: int, rope_base: float | None
-             ) -> Callable[[Past, np.ndarray], tuple[Past, int]]:
+             ) -> Transform:
     def transform(past: Past, ids: np.ndarray) -> tuple[Past, int]:
         keys, values = past
         p = keys[0].shape[1]
@@ -210,9 +153,9 @@ def evicting(fraction: float, sinks: int, recent: int, rope_base: float | None
     return transform
 
 
-def then(first: Callable[[Past, np.ndarray], tuple[Past, int]],
-         second: Callable[[Past, np.ndarray], tuple[Past, int]]
-         ) -> Callable[[Past, np.ndarray], tuple[Past, int]]:
+def then(first: Transform,
+         second: Transform
+         ) -> Transform:
     """Evict, then quantize what is left (bytes are the second step's)."""
     def transform(past: Past, ids: np.ndarray) -> tuple[Past, int]:
         return second(first(past, ids)[0], ids)
@@ -221,23 +164,6 @@ def then(first: Callable[[Past, np.ndarray], tuple[Past, int]],
 
 SHAPE: list[ModelKvShape] = []
 LEVELS_SEEN: dict[Level, int] = {}
-
-
-@dataclass
-class Score:
-    nll: float = 0.0
-    kl: float = 0.0
-    n: int = 0
-    nbytes: int = 0
-    seconds: float = 0.0
-    kl_max: float = 0.0
-    extra: dict[str, object] = field(default_factory=dict)
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x -= x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,75 +183,42 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     folder = resolve_folder(args.model, args.model_dir)
-    model, tokenizer = load(folder, args.threads)
+    model = open_model(folder, args.threads)
     SHAPE.append(model.shape)
-    text = "\n\n".join(Path(p).read_text(encoding="utf-8") for p in args.text)
-    ids = np.array(tokenizer.encode(text).ids, dtype=np.int64)  # type: ignore[attr-defined]
-    if len(ids) < args.tokens + 1:
-        raise SystemExit(f"text has {len(ids)} tokens, need {args.tokens + 1}")
-    ids = ids[:args.tokens + 1]  # one more: the last position's next token is scored too
+    ids = token_ids(model, read_text(args.text), args.tokens)
 
     g, s, r = args.group_size, args.sinks, args.recent
-    settings: dict[str, Callable[[Past, np.ndarray], tuple[Past, int]]] = {
-        "int8": quantized(INT8, g, s, r),
-        "int4": quantized(INT4, g, s, r),
+    settings: dict[str, Transform] = {
+        "int8": quantized(model.shape, INT8, g, s, r),
+        "int4": quantized(model.shape, INT4, g, s, r),
         "mixed (decide_level)": mixed(g, s, r),
     }
     for f in args.evict:
         settings[f"evict {f:.0%}, keys re-rotated"] = evicting(f, s, r, args.rope_base)
         settings[f"evict {f:.0%}, old positions"] = evicting(f, s, r, None)
         settings[f"evict {f:.0%} + int4, re-rotated"] = then(
-            evicting(f, s, r, args.rope_base), quantized(INT4, g, s, r))
-    scores = {name: Score() for name in ["fp32 KV (reference)", *settings]}
+            evicting(f, s, r, args.rope_base), quantized(model.shape, INT4, g, s, r))
 
     print(f"model {folder} ({model.shape}), {args.tokens} tokens of {', '.join(args.text)}")
     print(f"segments of {args.segment}, group {g}, sinks {s}, recent window {r}")
-    h, d = model.shape.n_kv_heads, model.shape.head_dim
-    empty: Past = ([np.zeros((h, 0, d), np.float32)] * model.shape.n_layers,
-                   [np.zeros((h, 0, d), np.float32)] * model.shape.n_layers)
-    past = empty
     started = time.monotonic()
-    for start in range(0, args.tokens, args.segment):
-        seg = ids[start:min(start + args.segment, args.tokens)]
-        targets = ids[start + 1:start + 1 + len(seg)]
-        t0 = time.monotonic()
-        logits, present = model.forward(seg, past)
-        ref = log_softmax(logits)
-        scores["fp32 KV (reference)"].seconds += time.monotonic() - t0
-        if start > 0:
-            ref_nll = -ref[np.arange(len(seg)), targets]
-            p_ref = np.exp(ref)
-            sc = scores["fp32 KV (reference)"]
-            sc.nll += float(ref_nll.sum())
-            sc.n += len(seg)
-            sc.nbytes = kv_bytes(model.shape, start, Level.L0, exact_itemsize=2)
-            for name, transform in settings.items():
-                t0 = time.monotonic()
-                changed, nbytes = transform(past, ids)
-                logits_q, _ = model.forward(seg, changed)
-                got = log_softmax(logits_q)
-                kl = (p_ref * (ref - got)).sum(axis=-1)
-                sc = scores[name]
-                sc.nll += float(-got[np.arange(len(seg)), targets].sum())
-                sc.kl += float(kl.sum())
-                sc.kl_max = max(sc.kl_max, float(kl.max()))
-                sc.n += len(seg)
-                sc.nbytes = nbytes
-                sc.seconds += time.monotonic() - t0
-        past = present
-        print(f"  {start + len(seg):5d} tokens  {time.monotonic() - started:6.1f} s", flush=True)
+    reference, measured = score_segments(
+        model, ids, args.segment, settings,
+        on_segment=lambda done: print(f"  {done:5d} tokens  {time.monotonic() - started:6.1f} s",
+                                      flush=True))
+    scores = {"fp32 KV (reference)": reference, **measured}
 
     fp16_final = kv_bytes(model.shape, args.tokens - args.segment, Level.L0, exact_itemsize=2)
-    ref_ppl = float(np.exp(scores["fp32 KV (reference)"].nll / scores["fp32 KV (reference)"].n))
+    ref_ppl = reference.ppl
     print()
-    print(f"scored tokens: {scores['fp32 KV (reference)'].n} (after the first segment); "
+    print(f"scored tokens: {reference.n} (after the first segment); "
           f"KV bytes for the last past ({args.tokens - args.segment} tokens), FP16 = "
           f"{fp16_final:,} B")
     print(f"| {'setting':32} | {'PPL':>8} | {'dPPL':>7} | {'KL mean':>8} | {'KL max':>7} "
           f"| {'KV bytes':>12} | {'vs FP16':>7} |")
     print(f"|{'-' * 34}|{'-' * 10}|{'-' * 9}|{'-' * 10}|{'-' * 9}|{'-' * 14}|{'-' * 9}|")
     for name, sc in scores.items():
-        ppl = float(np.exp(sc.nll / sc.n))
+        ppl = sc.ppl
         print(f"| {name:32} | {ppl:8.3f} | {ppl - ref_ppl:+7.3f} | {sc.kl / sc.n:8.5f} "
               f"| {sc.kl_max:7.4f} | {sc.nbytes:12,} | {sc.nbytes / fp16_final:7.3f} |")
     if LEVELS_SEEN:

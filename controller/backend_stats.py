@@ -16,7 +16,9 @@ import httpx
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-LEVELS = ("L0", "L1", "L2", "L3")
+from inferos.kvstore.levels import Level  # the one table of KV levels
+
+LEVELS = tuple(level.name for level in Level)
 STATS_PATH = "/api/v1/stats"
 
 
