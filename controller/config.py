@@ -67,6 +67,7 @@ class Config:
 
     def controller_settings(self) -> ControllerSettings:
         from inferos.controller.controller import ControllerSettings
+        from inferos.controller.decisions import DecisionSettings
         from inferos.controller.failsafe import FailsafeSettings
 
         v = self.values
@@ -79,7 +80,11 @@ class Config:
             decide_every_s=v["infer_os.decisions.every_s"],
             reconfigure_cooldown_s=0.0 if cooldown is None else cooldown,
             failsafe=FailsafeSettings(stale_after_s=v["infer_os.failsafe.stale_after_ms"] / 1000,
-                                      recover_after_s=v["infer_os.failsafe.recover_after_s"]))
+                                      recover_after_s=v["infer_os.failsafe.recover_after_s"]),
+            decisions=DecisionSettings(
+                min_requests=v["infer_os.decisions.min_requests"],
+                min_span_s=v["infer_os.decisions.min_span_s"],
+                client_backoff_s=v["infer_os.decisions.client_backoff_s"]))
 
     def proxy_settings(self, upstream: str) -> ProxySettings:
         from inferos.proxy.settings import ProxySettings

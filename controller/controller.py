@@ -49,12 +49,14 @@ from inferos.controller.system_sample import SystemSample, SystemSampler
 from inferos.controller.telemetry import Telemetry
 from inferos.errors import ConfigError
 from inferos.proxy.data_plane import DataPlane
+from inferos.proxy.pending_context import RequestFacts
 from inferos.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
 BACKEND_STATS_EVERY_S = 1.0
 BACKEND_READ_EVERY_S = 2.0
 CLIENT_ROUTES = ("load", "unload")
+FACTS_BUDGET_S = 0.005
 DecideFn = Callable[..., Decision]
 
 
@@ -96,6 +98,8 @@ class Controller:
         self.metrics.policy_version.set(1)
         self.contexts: collections.deque[RunContext] = collections.deque(maxlen=2048)
         self.facts_dropped = 0
+        self._backlog: collections.deque[RequestFacts] = collections.deque(maxlen=4096)
+        self._backlog_dropped = 0
         self.last_sample: SystemSample | None = None
         self.last_decision: Decision | None = None
         self.events_written = 0
@@ -233,7 +237,18 @@ class Controller:
     # -- loops ------------------------------------------------------------------------
     def _fast(self) -> None:
         self.failsafe.heartbeat()
-        for facts in self.plane.take_facts():
+        backlog = self._backlog
+        arrived = self.plane.take_facts()
+        assert backlog.maxlen is not None
+        self._backlog_dropped += max(0, len(backlog) + len(arrived) - backlog.maxlen)
+        backlog.extend(arrived)  # drops the oldest past maxlen (counted above)
+        started = time.perf_counter()
+        # A tick reads facts for at most FACTS_BUDGET_S (a large body costs milliseconds to
+        # read) and beats between them, so many large bodies cannot starve the heartbeat;
+        # the rest waits for the next tick.
+        while backlog and time.perf_counter() - started < FACTS_BUDGET_S:
+            facts = backlog.popleft()
+            self.failsafe.heartbeat()
             if facts.route in CLIENT_ROUTES:
                 # A client's own load/unload: the backend is the client's now; automatic
                 # changes wait, and the next read shows what it chose.
@@ -249,7 +264,8 @@ class Controller:
                 self.facts_dropped += 1
             else:
                 self.post_run_context(context)
-        self.metrics.run_contexts_dropped.set(self.plane.facts.dropped + self.facts_dropped)
+        self.metrics.run_contexts_dropped.set(self.plane.facts.dropped + self.facts_dropped
+                                              + self._backlog_dropped)
 
     def _mid(self) -> None:
         current = self.snapshots.current

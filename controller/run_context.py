@@ -21,7 +21,6 @@ far beyond a prompt that fits a local model's context.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -29,6 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inferos.errors import ConfigError
+from inferos.proxy.bounded_json import (  # noqa: F401  (the limits are part of this API)
+    MAX_JSON_VALUES,
+    MAX_PROMPT_PARTS,
+    MAX_READ_BYTES,
+    prompt_text,
+    read_json_object,
+)
 from inferos.proxy.pending_context import RequestFacts
 from inferos.proxy.record import CHARS_PER_TOKEN_ESTIMATE, MAX_MODEL_NAME
 from inferos.proxy.routes import GENERATION
@@ -36,14 +42,9 @@ from inferos.proxy.routes import GENERATION
 # model name -> token counter for that model's prompts, when the controller knows one.
 TokenCounter = Callable[[str], int]
 
-MAX_READ_BYTES = 2 * 1024 * 1024        # ~500k tokens of text
-MAX_JSON_VALUES = 50_000                # worst case ~6 ms to parse
-MAX_PROMPT_PARTS = 10_000               # strings, lists and objects walked in a prompt
 MAX_TOKENIZED_CHARS = 32_768            # ~10 ms with SmolLM2's tokenizer
 MAX_CALLER_TOKENS = 1 << 24             # bounds what POST /v1/run-context may claim
 MAX_CALLER_BATCH = 1 << 16
-PROMPT_KEYS = ("messages", "prompt", "input")
-_STRUCTURE = b"[{,"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,43 +126,6 @@ def client_touched_backend(facts: RequestFacts) -> str | None:
     if body is None:
         return None
     return _model_name(body.get("model_name")) or _model_name(body.get("model"))
-
-
-def read_json_object(raw: bytes) -> dict[str, Any] | None:
-    """The body as a JSON object, or None: not JSON, not an object, or too costly to parse
-    (see the module's docstring). Never raises."""
-    if len(raw) > MAX_READ_BYTES:
-        return None
-    # One C pass; brackets and commas bound the number of values json would build.
-    if len(raw) - len(raw.translate(None, _STRUCTURE)) > MAX_JSON_VALUES:
-        return None
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):  # ValueError covers UnicodeDecodeError too
-        return None
-    return body if isinstance(body, dict) else None
-
-
-def prompt_text(body: dict[str, Any]) -> str | None:
-    """The prompt's text (``messages``, ``prompt`` or ``input``: strings, lists of them, and
-    the ``content``/``text`` of objects), joined in order; for counting only, never kept.
-    Iterative, so depth costs no stack; None past ``MAX_PROMPT_PARTS``."""
-    parts: list[str] = []
-    pending: list[Any] = [body.get(key) for key in reversed(PROMPT_KEYS)]
-    walked = 0
-    while pending:
-        value = pending.pop()
-        walked += 1
-        if walked > MAX_PROMPT_PARTS:
-            return None
-        if isinstance(value, str):
-            parts.append(value)
-        elif isinstance(value, list):
-            pending.extend(reversed(value))
-        elif isinstance(value, dict):
-            pending.append(value.get("text"))
-            pending.append(value.get("content"))  # popped first: content, then text
-    return "\n".join(parts)
 
 
 def count_tokens(text: str, counter: TokenCounter | None) -> tuple[int, str]:

@@ -9,8 +9,11 @@ Booleans are not numbers here: ``"max_tokens": true`` is rejected.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
+
+from aiohttp import web
 
 from inferos.engine.api_errors import ApiError, invalid_param
 
@@ -57,6 +60,18 @@ class LoadRequest:
     threads: int | None = None
     kv_precision: str | None = None
     graph_optimization: str | None = None
+
+
+async def json_body(request: web.Request, *, optional: bool = False) -> Any:
+    """The request's body, decoded; 400 when it is not JSON (``optional``: empty is {})."""
+    raw = await request.read()
+    if optional and not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"The request body is not valid JSON: {exc}",
+                       code="invalid_json") from exc
 
 
 def _is_number(value: Any) -> bool:

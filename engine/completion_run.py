@@ -66,7 +66,7 @@ class Outcome:
 def sampling_params(sampling: Sampling, prompt_tokens: int, ctx_size: int,
                     allow_evict: bool = False) -> SamplingParams:
     """The core's parameters; ``max_tokens`` never runs past the end of the context, unless
-    the model evicts tokens to make room (``kv_allow_evict``): then a prompt may be longer
+    the model evicts tokens to make room (the live ``kv.allow_evict``): then a prompt may be longer
     than the context, and an unbounded request stops after one context's worth."""
     room = ctx_size - prompt_tokens
     if allow_evict:
@@ -84,7 +84,7 @@ async def run_completion(slot: ModelSlot, state: LoadedState, prompt_ids: list[i
                          sampling: Sampling) -> AsyncGenerator[str | Outcome, None]:
     """Yields text pieces, then one ``Outcome``. The caller holds ``slot.lock``."""
     params = sampling_params(sampling, len(prompt_ids), state.ctx_size,
-                             state.options.kv_allow_evict)
+                             state.model.allow_evict)
     matcher = StopMatcher(sampling.stop)
     started = time.perf_counter()
     first_at = last_at = started

@@ -1,7 +1,9 @@
 """L3 eviction inside one live context: room for a context longer than the KV buffer.
 
-When the policy allows it (``kv.allow_evict``; ``EngineOptions.kv_allow_evict``, off by
-default) and a prompt or a generation reaches the end of its buffer, ``ContextEvictor``
+When the live policy allows it (``kv.allow_evict``, off by default; read once per
+generation, engine/runtime.py, which also gives the evictor the policy's recent window and
+sinks, each at most a quarter of the context) and a prompt or a generation reaches the
+end of its buffer, ``ContextEvictor``
 cuts the least important 32-token blocks out of the buffer, StreamingLLM/H2O-style, and
 the generation goes on in the room that frees:
 

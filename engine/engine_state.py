@@ -22,6 +22,7 @@ class EngineState:
     defaults: EngineOptions
     default_model: str
     api_key: str | None = None
+    control_token: str | None = None  # required by /inferos/v1/policy when set
     base_url: str = ""  # set once the listener is bound; health reports it as backend_url
     stats: RequestStats = field(default_factory=RequestStats)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -23,13 +22,20 @@ from aiohttp import web
 
 from inferos import __version__
 from inferos.engine.api_errors import ApiError, invalid_param, model_not_found
-from inferos.engine.api_requests import GenerationRequest, parse_chat, parse_completion, parse_load
+from inferos.engine.api_requests import (
+    GenerationRequest,
+    json_body,
+    parse_chat,
+    parse_completion,
+    parse_load,
+)
 from inferos.engine.api_responses import SSE_DONE, ResponseShape, sse
 from inferos.engine.completion_run import Outcome, run_completion, sampling_params
 from inferos.engine.engine_state import ENGINE, EngineState
 from inferos.engine.load_options import requested_options
 from inferos.engine.model_catalog import RECIPE
 from inferos.engine.model_slot import LoadedState
+from inferos.engine.policy_routes import policy_stats
 from inferos.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -37,17 +43,6 @@ log = logging.getLogger(__name__)
 # The Lemonade API level this engine serves. Clients such as GAIA check a minimum version
 # (10.2.0) in health; the engine's own version is reported as "engine".
 LEMONADE_API_VERSION = "11.5.0"
-
-
-async def _json_body(request: web.Request, *, optional: bool = False) -> Any:
-    raw = await request.read()
-    if optional and not raw.strip():
-        return {}
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"The request body is not valid JSON: {exc}",
-                       code="invalid_json") from exc
 
 
 def _device(provider: str) -> str:
@@ -106,13 +101,14 @@ def _prompt_ids(state: LoadedState, request: GenerationRequest) -> list[int]:
 async def _generate(request: web.Request,
                     parse: Callable[[Any], GenerationRequest]) -> web.StreamResponse:
     engine = request.app[ENGINE]
-    generation = parse(await _json_body(request))
+    generation = parse(await json_body(request))
     async with engine.slot.lock:
         state = await _model_for(engine, generation.model)
         prompt_ids = _prompt_ids(state, generation)
-        # 400 when the prompt does not fit (unless the model may evict to make room)
+        # 400 when the prompt does not fit (unless the live policy lets it evict to make
+        # room); the core checks again when it starts, under the policy in effect then
         sampling_params(generation.sampling, len(prompt_ids), state.ctx_size,
-                        state.options.kv_allow_evict)
+                        state.model.allow_evict)
         shape = ResponseShape(chat=generation.is_chat, model=state.name)
         engine.stats.started()
         started = time.perf_counter()
@@ -217,7 +213,7 @@ async def model_info(request: web.Request) -> web.Response:
 
 async def load(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    wanted = parse_load(await _json_body(request))
+    wanted = parse_load(await json_body(request))
     entry = engine.catalog.find(wanted.model_name)
     if entry is None or not entry.prepared:
         raise model_not_found(wanted.model_name)
@@ -255,7 +251,7 @@ async def load(request: web.Request) -> web.Response:
 
 async def unload(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    body = await _json_body(request, optional=True)
+    body = await json_body(request, optional=True)
     name = body.get("model_name") if isinstance(body, dict) else None
     if name is not None and not isinstance(name, str):
         raise invalid_param("model_name", "'model_name' must be a string")
@@ -290,11 +286,17 @@ async def stats(request: web.Request) -> web.Response:
     body = engine.stats.as_dict()
     state = engine.slot.state
     body["loads"] = engine.slot.loads
+    body["policy"] = policy_stats(engine)
     if state is not None:
         # The core's own accounting (KV pool, bytes copied, later kv_levels/prefix_cache,
         # which the controller reads) sits beside Lemonade's fields, never over them.
         for key, value in state.model.stats().items():
             body.setdefault(key, value)
+    else:
+        body["quality"] = {"delta_ppl_est": None, "calibrated": False, "guard": {
+            "max_delta_ppl": engine.slot.policy.max_delta_ppl, "promotions": 0,
+            "last_promotion_at": None, "held_blocks": 0, "can_act": False,
+            "reason": "no model is loaded"}}
     return web.json_response(body)
 
 

@@ -6,6 +6,13 @@ never sees two of them at once. ``lock`` serializes callers on the event loop: a
 takes it for the whole of its load-tokenize-generate sequence, so the model cannot change
 under a request. Batching several sequences is a later step; this is the seam for it.
 
+Live policy: ``policy`` is the ``EnginePolicy`` in effect, which outlives loads (a model
+loaded later takes it). ``set_policy`` answers at once, whatever the worker is doing: it
+swaps the loaded model's policy (a reference the worker reads at its next KV-store
+operation) and queues ``follow_policy`` on the worker, which re-levels the parked KV as
+soon as the running generation, if any, has finished. It never touches the store from
+the event loop.
+
 Cancellation: ``stream`` sets the generation's cancelled flag and waits for the worker to
 close the core's iterator when its consumer stops early (stop string found, client gone),
 so the KV buffer is back in the pool before the next request starts.
@@ -14,18 +21,22 @@ so the KV buffer is back in the pool before the next request starts.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inferos.engine.engine_policy import EnginePolicy
 from inferos.engine.load_options import already_in_effect, in_effect
 from inferos.engine.runtime import EngineOptions, LoadedModel, SamplingParams, TokenEvent
 
 Loader = Callable[[str, EngineOptions], LoadedModel]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,17 +71,24 @@ class _End:
     pass
 
 
+def _log_failure(future: Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("re-leveling the parked KV failed", exc_info=future.exception())
+
+
 _END = _End()
 
 
 class ModelSlot:
-    def __init__(self, loader: Loader) -> None:
+    def __init__(self, loader: Loader, policy: EnginePolicy | None = None) -> None:
         self._loader = loader
         self.lock = asyncio.Lock()
         self.state: LoadedState | None = None
         self.busy = False
         self.loads = 0
+        self.policy = policy if policy is not None else EnginePolicy()
         self._executor: ThreadPoolExecutor | None = None
+        self._following: Future[Any] | None = None
 
     def start(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inferos-engine")
@@ -107,12 +125,32 @@ class ModelSlot:
             self.state = None
             await self._run(current.model.close)
         model: LoadedModel = await self._run(self._loader, source, wanted)
+        model.set_policy(self.policy)  # nothing is parked yet: its first save follows it
         self.loads += 1
         self.state = LoadedState(
             model=model, name=name, source=source,
             options=in_effect(model.options, model.max_context, model.provider),
             loaded_at=time.time(), load_number=self.loads)
         return self.state, True
+
+    def set_policy(self, policy: EnginePolicy) -> None:
+        """Make ``policy`` the one in effect now; the parked KV follows on the worker."""
+        self.policy = policy
+        state = self.state
+        if state is None or self._executor is None:
+            return
+        state.model.set_policy(policy)
+        queued = self._following
+        if queued is None or queued.running() or queued.done():
+            # One queued follow suffices: it reads the newest policy when it starts.
+            self._following = self._executor.submit(state.model.follow_policy)
+            self._following.add_done_callback(_log_failure)
+
+    def releveled_version(self) -> int:
+        """The policy version the parked KV has been re-leveled to (with no model loaded,
+        nothing is parked: the version in effect)."""
+        state = self.state
+        return state.model.releveled_version if state is not None else self.policy.version
 
     async def unload(self) -> None:
         """Closes the loaded model, if any. Caller holds ``lock``."""

@@ -6,18 +6,23 @@ chained hashes of 32-token blocks. Before the next prefill, ``restore`` writes t
 longest stored prefix of the new prompt into the buffer it is about to use, past what
 that buffer already holds exactly, so only the rest is prefilled: the next turn of a
 chat, another conversation's turn after the buffer served someone else, a shared system
-prompt. A stored block may sit at L1 (INT8) or L2 (INT4) after memory pressure: it is
-dequantized into the buffer and stays at its level in the store.
+prompt. A stored block may sit at L1 (INT8) or L2 (INT4), where the policy or memory
+pressure put it: it is dequantized into the buffer and stays at its level in the store.
 
-Memory pressure is the store's byte budget (``host_pool_bytes``, the policy's
-``io.host_pool_bytes``): every ``save`` ends with ``KvStore.enforce_budget``. Until the
-budget presses, parked KV stays exactly as the engine computed it (float32: a restored
-block gives the logits of a cold run, bit for bit). Then, least important first, the
-store holds L0 blocks in float16 (the full precision of most engines' KV caches), then
-moves unprotected chunks down INT8 -> INT4 -> evicted, keeping the attention sinks and
-the recent window of each sequence at L0; under a budget too small even for those, it
-drops whole blocks of the least recently used sessions (a recompute later, never a
-quality loss). bench/kv_ab.py measures what each step costs.
+Levels follow the live policy (engine/engine_policy.py): every ``save`` ends with a
+re-level (engine/quality_guard.py): ``KvStore.apply_policy`` puts each block where the
+seed's ``decide_level`` says with the policy's thresholds, recent window and sinks (the
+attention sinks and the recent window of each sequence stay L0), within the quality
+budget ``max_delta_ppl`` that the model's KV calibration prices, then the byte budget
+(``host_pool_bytes``, the policy's ``io.host_pool_bytes``) is enforced: least important
+first, L0 blocks held in float16 (the full precision of most engines' KV caches), then
+unprotected chunks down INT8 -> INT4 -> evicted; under a budget too small even for the
+protected ones, whole blocks of the least recently used sessions go (a recompute later,
+never a quality loss). A block still at L0 gives the logits of a cold run, bit for bit;
+one restored from INT8/INT4 is dequantized. bench/kv_ab.py measures what each step costs.
+
+``follow(policy)`` swaps the store's config for the policy's and re-levels what is parked
+at once: a policy change reaches KV already parked, not only the next save.
 
 ``kv_levels`` reports the store: tokens and bytes per level, metadata included. L3 counts
 the tokens evicted so far (gone, or on disk with a spill directory) and the bytes on disk.
@@ -31,10 +36,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from inferos.engine.engine_policy import EnginePolicy
 from inferos.engine.kv_buffers import KvBuffer, KvShape
+from inferos.engine.quality_guard import QualityGuard
 from inferos.kvstore.accounting import ModelKvShape, kv_bytes
 from inferos.kvstore.levels import Level
-from inferos.kvstore.store import KvStore, KvStoreConfig
+from inferos.kvstore.store import KvStore, KvStoreConfig, PolicyRound
 
 __all__ = ["PrefixCache"]
 
@@ -46,14 +53,18 @@ class _Counters:
     saves: int = 0
     saved_blocks: int = 0
     save_s: float = 0.0
+    relevels: int = 0
+    relevel_s: float = 0.0
 
 
 class PrefixCache:
     """Moves KV between an engine's ``KvBuffer``s and a ``KvStore``."""
 
-    def __init__(self, shape: KvShape, config: KvStoreConfig) -> None:
+    def __init__(self, shape: KvShape, config: KvStoreConfig,
+                 guard: QualityGuard | None = None) -> None:
         self.shape = shape
         self.store = KvStore(config)
+        self.guard = guard if guard is not None else QualityGuard(None, 0.5)
         self.counters = _Counters()
 
     @property
@@ -87,11 +98,26 @@ class PrefixCache:
             return 0
         started = time.perf_counter()
         new = self.store.put(tokens, [k[0] for k in buffer.keys],
-                             [v[0] for v in buffer.values])
+                             [v[0] for v in buffer.values], enforce=False)
         self.counters.saves += 1
         self.counters.saved_blocks += new
         self.counters.save_s += time.perf_counter() - started
+        self.relevel()
         return new
+
+    def follow(self, policy: EnginePolicy) -> None:
+        """Take ``policy``'s store settings and re-level the parked KV by them."""
+        self.store.config = policy.store_config(self.store.config)
+        self.guard.max_delta_ppl = policy.max_delta_ppl
+        self.relevel()
+
+    def relevel(self) -> PolicyRound:
+        """Every parked block to the level the policy says, within both budgets."""
+        started = time.perf_counter()
+        done = self.guard.relevel(self.store)
+        self.counters.relevels += 1
+        self.counters.relevel_s += time.perf_counter() - started
+        return done
 
     def clear(self) -> None:
         self.store = KvStore(self.store.config)
@@ -125,4 +151,7 @@ class PrefixCache:
             "restore_seconds": round(c.restore_s, 3),
             "saves": c.saves, "saved_blocks": c.saved_blocks,
             "save_seconds": round(c.save_s, 3),
+            "relevels": c.relevels, "relevel_seconds": round(c.relevel_s, 3),
+            "recent_window": self.config.recent_window,
+            "sink_tokens": self.config.sink_tokens,
         }

@@ -13,6 +13,15 @@ a byte budget, restored, dequantized if it was demoted, into the buffer). The re
 tokens are reported on the first event (``cached_tokens``), as llama.cpp reports
 ``cache_n``. ``EngineOptions.prefix_cache`` False turns all reuse off.
 
+Live policy (engine/engine_policy.py): ``set_policy`` swaps the ``EnginePolicy`` in effect,
+from any thread, without waiting; the generation thread reads it at its next KV-store
+operation (before a prompt takes its buffer, before a finished one parks its KV) and at
+``follow_policy``, which the server runs on that thread as soon as it is free. There the
+store takes the policy's window, sinks, thresholds and byte budget and re-levels what is
+parked (``releveled_version`` says to which version it has). ``kv.allow_evict`` is read
+once per generation: a generation never sees half a change. ``EngineOptions``'
+``host_pool_bytes`` and ``kv_allow_evict`` are the start values of a model loaded alone.
+
 Everything here runs on one thread at a time (the server's ``ModelSlot`` worker): the
 session and the pool are not shared between concurrent generations.
 """
@@ -23,7 +32,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +43,11 @@ from tokenizers import Tokenizer
 from inferos.engine.chat_template import ChatTemplate
 from inferos.engine.context_eviction import ContextEvictor
 from inferos.engine.detokenize import Detokenizer
+from inferos.engine.engine_policy import DEFAULT_HOST_POOL_BYTES, EnginePolicy
 from inferos.engine.kv_buffers import KvBuffer, KvPool, KvShape
+from inferos.engine.policy_ack import EngineFacts
 from inferos.engine.prefix_cache import PrefixCache
+from inferos.engine.quality_guard import QualityGuard
 from inferos.engine.sampling import next_token
 from inferos.errors import ModelError
 from inferos.kvstore.rotary import measured_frequencies
@@ -50,7 +62,7 @@ GRAPH_OPTIMIZATIONS = {
 }
 PREFILL_CHUNK = 256
 ACCOUNT_EVERY = 32
-DEFAULT_HOST_POOL_BYTES = 4096 * 2**20  # the policy's io.host_pool_bytes default
+NO_PARKED_KV = "the prefix cache is off (--no-prefix-cache): no KV is parked"
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "DmlExecutionProvider", "CPUExecutionProvider")
 
 
@@ -66,7 +78,8 @@ class EngineOptions:
     ``prefix_cache``: reuse the KV of earlier prompts' prefixes; ``host_pool_bytes``: what
     the prefix cache's store may hold before it demotes (policy ``io.host_pool_bytes``);
     ``kv_allow_evict``: a context that outgrows ``ctx_size`` evicts its least important
-    tokens instead of ending (policy ``kv.allow_evict``, engine/context_eviction.py)."""
+    tokens instead of ending (policy ``kv.allow_evict``, engine/context_eviction.py).
+    These two are start values: the live policy (``LoadedModel.set_policy``) governs."""
 
     provider: str | None = None
     threads: int | None = None
@@ -151,12 +164,22 @@ class LoadedModel:
         self._past = [(f"past_key_values.{i}.key", f"past_key_values.{i}.value")
                       for i in range(layers)]
         self._present = [(f"present.{i}.key", f"present.{i}.value") for i in range(layers)]
+        self.policy = EnginePolicy.starting(self.provider,
+                                            host_pool_bytes=options.host_pool_bytes,
+                                            allow_evict=options.kv_allow_evict)
+        self._followed = self.policy  # what the store has taken (generation thread only)
+        self.releveled_version = self.policy.version
         self.prefix_cache = PrefixCache(
-            self.kv_shape, KvStoreConfig(host_pool_bytes=options.host_pool_bytes)
+            self.kv_shape, self.policy.store_config(KvStoreConfig()),
+            QualityGuard.for_model(folder, self.policy.max_delta_ppl),
         ) if options.prefix_cache else None
         self.pool = KvPool(self.kv_shape, cache=self.prefix_cache)
-        self.evictor = ContextEvictor(self._rotary_frequencies()) \
-            if options.kv_allow_evict else None
+        # Built whatever the policy says, so that kv.allow_evict can be switched live.
+        self.no_eviction: str | None = None
+        try:
+            self.evictor: ContextEvictor | None = ContextEvictor(self._rotary_frequencies())
+        except ModelError as exc:
+            self.evictor, self.no_eviction = None, str(exc)
         eos = genai.get("eos_token_id", [])
         self.stop_ids = frozenset(eos if isinstance(eos, list) else [eos]) | frozenset(
             i for i in (self.tokenizer.token_to_id(t) for t in ("<|endoftext|>", "<|im_end|>"))
@@ -229,6 +252,44 @@ class LoadedModel:
                 "assistant: "
         return self.template.render(messages)
 
+    # -- live policy ------------------------------------------------------------------
+    def set_policy(self, policy: EnginePolicy) -> None:
+        """Make ``policy`` the one in effect; from any thread, at once (a reference swap:
+        the generation thread takes it at its next KV-store operation)."""
+        self.policy = policy
+
+    def follow_policy(self) -> EnginePolicy:
+        """Generation thread: bring the store to the policy in effect (its config swapped,
+        the parked KV re-leveled) if it is not there yet; returns that policy."""
+        policy = self.policy
+        followed = self._followed
+        if policy is not followed:
+            if self.prefix_cache is not None and not (
+                    policy.store_config(self.prefix_cache.config) == self.prefix_cache.config
+                    and policy.max_delta_ppl == followed.max_delta_ppl):
+                self.prefix_cache.follow(policy)
+            self._followed = policy
+            self.releveled_version = policy.version
+        return policy
+
+    def _evicting(self, policy: EnginePolicy) -> ContextEvictor | None:
+        """The evictor for a generation under ``policy``, its window and sinks the
+        policy's, each at most a quarter of the context (the room a chunk needs)."""
+        evictor = self.evictor
+        if evictor is None or not policy.allow_evict:
+            return None
+        bound = self.ctx_size // 4
+        config = replace(evictor.config, recent_window=min(policy.recent_window, bound),
+                         sink_tokens=min(policy.sink_tokens, bound))
+        if config != evictor.config:
+            evictor.config = config
+        return evictor
+
+    @property
+    def allow_evict(self) -> bool:
+        """Whether a prompt longer than the context is evicted into it, as of now."""
+        return self.evictor is not None and self.policy.allow_evict
+
     # -- generation -------------------------------------------------------------------
     def _run(self, buffer: KvBuffer, ids: list[int], past_len: int) -> np.ndarray:
         """Runs ``ids`` on top of ``past_len`` cached tokens; the last position's logits."""
@@ -287,40 +348,41 @@ class LoadedModel:
                 counters.kv_copies += 1
                 counters.kv_bytes_copied += source.nbytes
 
-    def _prefill(self, buffer: KvBuffer, prompt: list[int], reuse: int) -> np.ndarray:
+    def _prefill(self, buffer: KvBuffer, prompt: list[int], reuse: int,
+                 evictor: ContextEvictor | None) -> np.ndarray:
         buffer.keep_prefix(reuse)  # the rest of what it held is overwritten
         logits: np.ndarray | None = None
         position = reuse
         # With eviction, a chunk must fit beside the sinks and the recent window.
-        step = PREFILL_CHUNK if self.evictor is None else min(PREFILL_CHUNK,
-                                                              self.ctx_size // 4)
+        step = PREFILL_CHUNK if evictor is None else min(PREFILL_CHUNK, self.ctx_size // 4)
         while position < len(prompt):
             chunk = prompt[position:position + step]
-            self._ensure_room(buffer, len(chunk))
+            self._ensure_room(buffer, len(chunk), evictor)
             logits = self._run(buffer, chunk, len(buffer.tokens))
             position += len(chunk)
             buffer.tokens.extend(chunk)
         assert logits is not None
         return logits
 
-    def _ensure_room(self, buffer: KvBuffer, need: int) -> None:
+    def _ensure_room(self, buffer: KvBuffer, need: int, evictor: ContextEvictor | None
+                     ) -> None:
         if len(buffer.tokens) + need > self.ctx_size:
-            assert self.evictor is not None, "generate() keeps within the context"
-            self.evictor.make_room(buffer, need)
+            assert evictor is not None, "generate() keeps within the context"
+            evictor.make_room(buffer, need)
 
     def generate(self, prompt_ids: list[int], params: SamplingParams,
                  cancelled: Callable[[], bool] | None = None) -> Iterator[TokenEvent]:
         """Yields the generated tokens. Raises ValueError for a prompt that is empty or
-        leaves no room in the context (unless ``kv_allow_evict``: then the context makes
-        room by evicting, and a generation ends only at a stop or ``max_tokens``);
-        ModelError when onnxruntime fails."""
-        self._check(prompt_ids)
+        leaves no room in the context (unless the policy's ``allow_evict``: then the
+        context makes room by evicting, and a generation ends only at a stop or
+        ``max_tokens``); ModelError when onnxruntime fails."""
+        self._check(prompt_ids, self.allow_evict)
         return self._generate(list(prompt_ids), params, cancelled)
 
-    def _check(self, prompt_ids: list[int]) -> None:
+    def _check(self, prompt_ids: list[int], evicting: bool) -> None:
         if not prompt_ids:
             raise ValueError("the prompt is empty")
-        if len(prompt_ids) >= self.ctx_size and self.evictor is None:
+        if len(prompt_ids) >= self.ctx_size and not evicting:
             raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the context holds "
                              f"{self.ctx_size}, and at least one must be left to generate")
         vocab = int(self.tokenizer.get_vocab_size())
@@ -331,20 +393,26 @@ class LoadedModel:
         """The logits [vocab] of the token after ``prompt_ids``, computed as a generation's
         first token is (prefix reuse included); the prompt's KV is parked as a
         generation's is. For quality checks: restored KV against a cold run."""
-        self._check(prompt_ids)
+        evictor = self._evicting(self.follow_policy())
+        self._check(prompt_ids, evictor is not None)
         limit = len(prompt_ids) - 1
         buffer = self.pool.take(prompt_ids, limit)
         try:
             reuse = min(buffer.common_prefix(prompt_ids), limit) \
                 if self.options.prefix_cache else 0
-            return self._prefill(buffer, list(prompt_ids), reuse)
+            return self._prefill(buffer, list(prompt_ids), reuse, evictor)
         finally:
-            self.pool.give_back(buffer)
+            try:
+                self.follow_policy()
+            finally:
+                self.pool.give_back(buffer)
 
     def _generate(self, prompt: list[int], params: SamplingParams,
                   cancelled: Callable[[], bool] | None) -> Iterator[TokenEvent]:
         counters = self.counters
         started = time.perf_counter()
+        evictor = self._evicting(self.follow_policy())
+        self._check(prompt, evictor is not None)  # the policy may have changed since
         # At least the last prompt token runs again: its logits give the first token.
         limit = len(prompt) - 1
         buffer = self.pool.take(prompt, limit)
@@ -357,12 +425,12 @@ class LoadedModel:
                 counters.prefix_hits += 1
             else:
                 counters.prefix_misses += 1
-            logits = self._prefill(buffer, prompt, reuse)
+            logits = self._prefill(buffer, prompt, reuse, evictor)
             counters.prefill_s += time.perf_counter() - started
             rng = np.random.default_rng(params.seed)
             detok = Detokenizer(self.tokenizer, skip=self.stop_ids)
             history = list(prompt)
-            limit = params.max_tokens if self.evictor is not None else \
+            limit = params.max_tokens if evictor is not None else \
                 min(params.max_tokens, self.ctx_size - len(prompt))
             for produced in range(1, limit + 1):
                 if cancelled is not None and cancelled():
@@ -382,13 +450,17 @@ class LoadedModel:
                     return
                 yield TokenEvent(token, text, None, cached)
                 started = time.perf_counter()
-                self._ensure_room(buffer, 1)
+                self._ensure_room(buffer, 1, evictor)
                 logits = self._run(buffer, [token], len(buffer.tokens))
                 buffer.tokens.append(token)
                 counters.decode_s += time.perf_counter() - started
         finally:
-            # buffer.tokens are exactly the positions whose KV was written: those are parked
-            self.pool.give_back(buffer)
+            # buffer.tokens are exactly the positions whose KV was written: those are
+            # parked, under the policy in effect now (it may have changed meanwhile)
+            try:
+                self.follow_policy()
+            finally:
+                self.pool.give_back(buffer)
 
     # -- accounting -------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -419,10 +491,25 @@ class LoadedModel:
                              "hits": c.prefix_hits, "misses": c.prefix_misses,
                              "reused_tokens": c.reused_tokens},
             "kv_store": cache.stats() if cache is not None else None,
-            "context_eviction": {"enabled": self.evictor is not None,
+            "context_eviction": {"enabled": self.allow_evict,
+                                 "available": self.evictor is not None,
+                                 "reason": self.no_eviction,
                                  "evictions": self.evictor.evictions if self.evictor else 0,
                                  "evicted_tokens": evicted},
+            "quality": cache.guard.stats() if cache is not None else {
+                "delta_ppl_est": None, "calibrated": False,
+                "guard": {"max_delta_ppl": self.policy.max_delta_ppl, "promotions": 0,
+                          "last_promotion_at": None, "held_blocks": 0, "can_act": False,
+                          "reason": NO_PARKED_KV}},
         }
+
+    def facts(self) -> EngineFacts:
+        """What decides which policy keys apply to this model (engine/policy_ack.py)."""
+        cache = self.prefix_cache
+        return EngineFacts(provider=self.provider,
+                           available_providers=tuple(ort.get_available_providers()),
+                           prefix_cache=cache is not None, no_eviction=self.no_eviction,
+                           no_calibration=cache.guard.no_calibration if cache else NO_PARKED_KV)
 
     def close(self) -> None:
         self.pool.clear()

@@ -3,7 +3,8 @@
 ``EngineServer`` is the one place where the listener, the model slot (its worker thread and
 loaded model) and the stats live and die; ``inferos engine`` and the tests use it alike.
 It binds 127.0.0.1 by default; with an API key, every route but ``live`` requires
-``Authorization: Bearer <key>``.
+``Authorization: Bearer <key>``. Beside Lemonade's API it serves the engine's own control
+endpoint, ``/inferos/v1/policy`` (engine/policy_routes.py), for the live policy.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from types import TracebackType
 from aiohttp import web
 
 from inferos.engine.api_errors import ApiError, unauthorized
+from inferos.engine.engine_policy import EnginePolicy
 from inferos.engine.engine_state import ENGINE, EngineState
 from inferos.engine.lemonade_routes import add_routes
 from inferos.engine.model_catalog import ModelCatalog
 from inferos.engine.model_slot import Loader, ModelSlot
-from inferos.engine.runtime import EngineOptions
+from inferos.engine.policy_routes import add_policy_routes
+from inferos.engine.runtime import EngineOptions, best_provider
 from inferos.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,10 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 @dataclass(frozen=True)
 class EngineSettings:
     """``model`` is loaded at start (a catalog name or a prepared folder's path) when
-    ``load_at_start``; ``options`` are the defaults of every load that names none."""
+    ``load_at_start``; ``options`` are the defaults of every load that names none.
+    ``policy``: the live policy's start values (version 0); None takes ``options``'
+    ``host_pool_bytes`` and ``kv_allow_evict`` and the kvstore's defaults for the rest.
+    ``control_token``: required by the control endpoint when set."""
 
     model: str
     host: str = DEFAULT_HOST
@@ -44,6 +50,16 @@ class EngineSettings:
     options: EngineOptions = field(default_factory=EngineOptions)
     api_key: str | None = None
     load_at_start: bool = True
+    policy: EnginePolicy | None = None
+    control_token: str | None = None
+
+    def start_policy(self) -> EnginePolicy:
+        if self.policy is not None:
+            return self.policy
+        options = self.options
+        return EnginePolicy.starting(options.provider or best_provider(),
+                                     host_pool_bytes=options.host_pool_bytes,
+                                     allow_evict=options.kv_allow_evict)
 
 
 @web.middleware
@@ -93,6 +109,7 @@ def build_engine_app(engine: EngineState, *, load_at_start: bool = True) -> web.
     app[ENGINE] = engine
     app.cleanup_ctx.append(_lifecycle(load_at_start))
     add_routes(app)
+    add_policy_routes(app)
     return app
 
 
@@ -109,9 +126,11 @@ class EngineServer:
 
     def __init__(self, settings: EngineSettings, catalog: ModelCatalog, loader: Loader) -> None:
         self.settings = settings
-        self.state = EngineState(catalog=catalog, slot=ModelSlot(loader),
+        self.state = EngineState(catalog=catalog,
+                                 slot=ModelSlot(loader, settings.start_policy()),
                                  defaults=settings.options, default_model=settings.model,
-                                 api_key=settings.api_key)
+                                 api_key=settings.api_key,
+                                 control_token=settings.control_token)
         self.app = build_engine_app(self.state, load_at_start=settings.load_at_start)
         self._runner: web.AppRunner | None = None
         self.port = settings.port

@@ -26,7 +26,7 @@ from inferos.kvstore.quantize import (
     quantize_int8,
 )
 from inferos.kvstore.rotary import compacted_shift, rotate_keys
-from inferos.kvstore.store import KvStore, KvStoreConfig
+from inferos.kvstore.store import KvStore, KvStoreConfig, PolicyRound, QualityCost
 
 __all__ = [
     "SMOLLM2_135M",
@@ -40,7 +40,9 @@ __all__ = [
     "LevelStats",
     "LevelThresholds",
     "ModelKvShape",
+    "PolicyRound",
     "PrefixIndex",
+    "QualityCost",
     "QualitySignal",
     "QuantizedTensor",
     "block_keys",

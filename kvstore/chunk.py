@@ -9,6 +9,9 @@ A chunk holds K and V shaped [H, T, D] and moves between levels (see levels.py) 
 - L1/L2 keep ``QuantizedTensor`` pairs that restore shape and dtype, each element within
   the bound of the quantizations it went through (``max_abs_error`` adds them up: a chunk
   taken L0 -> L1 -> L2 was quantized twice);
+- quantization loses what it rounds away, for good: ``loss_level`` is the lossiest level
+  the data has been quantized to, and stays when the chunk moves back up (an L1 chunk
+  moved to L0 holds its dequantized values: float32 bytes, INT8 quality);
 - L3 with a spill directory writes the current payload (exact or codes) compressed to
   disk and reads back exactly that; L3 without one drops it, and reading raises
   ``ChunkDroppedError``.
@@ -78,6 +81,7 @@ class KvChunk:
     values: PayloadPart | None
     group_size: int = DEFAULT_GROUP_SIZE
     max_abs_error: float = 0.0
+    loss_level: Level = Level.L0
     last_access_ns: int = field(default_factory=time.monotonic_ns)
     importance: float = 0.0
     pinned: bool = False
@@ -223,6 +227,7 @@ class KvChunk:
             qk = quantize(keys, fmt, self.group_size, KEY_GROUP_AXIS)
             qv = quantize(values, fmt, self.group_size, VALUE_GROUP_AXIS)
             self.max_abs_error += max(float(error_bound(qk).max()), float(error_bound(qv).max()))
+            self.loss_level = max(self.loss_level, target)
             self.keys, self.values = qk, qv
         self.level = target
 

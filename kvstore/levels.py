@@ -17,6 +17,10 @@
    to L0: quality is the budget the policy spends, and once overspent it stops spending;
 3. nothing else.
 
+What "back to L0" can mean is the store's business: ``KvStore.apply_policy`` never moves a
+chunk above the level its data was quantized to (that would cost memory and restore
+nothing), so a degraded signal keeps exact chunks exact and quantized ones where they are.
+
 Memory pressure (``host_pool_bytes``) is not decided here: ``KvStore.enforce_budget``
 demotes past this policy when the pool would overflow, since a hard memory limit cannot
 yield to a quality preference. It still never touches protected chunks.
@@ -95,7 +99,7 @@ class LevelThresholds:
 
 @dataclass(frozen=True)
 class QualitySignal:
-    """A quality estimate the controller measured, and the budget it must stay within."""
+    """A quality estimate (of the KV held now), and the budget it must stay within."""
 
     delta_ppl_est: float | None
     max_delta_ppl: float = 0.5

@@ -10,7 +10,23 @@ What the engine does with it:
   ``load_into(token_ids, key_bufs, value_bufs)`` dequantizes them straight into the
   engine's buffers (the chunks stay at their level: the store stays small);
 - under memory pressure, ``enforce_budget`` demotes chunks until the store holds at most
-  ``host_pool_bytes``; ``apply_policy`` moves every chunk to what ``decide_level`` says.
+  ``host_pool_bytes``; ``apply_policy`` moves every chunk to what ``decide_level`` says,
+  within a quality budget when it is given one (below), then enforces the byte budget.
+
+Levels and loss. Quantization rounds data away for good: a chunk's ``loss_level`` is the
+lossiest level its data has been at. ``apply_policy`` never moves a chunk above its loss
+level: an INT8 chunk re-leveled to L0 would hold float32 bytes of INT8 quality, four
+times the memory for nothing, and L0 would no longer mean exact. Holding it where it is
+already stops any further loss. Only a recompute (the chunk dropped, its prompt prefilled
+again) makes its KV exact again.
+
+Quality budget. ``apply_policy(quality, cost)`` first plans ``decide_level``'s answer for
+every chunk, then asks ``cost`` (tokens per loss level -> estimated delta-PPL, e.g. a
+calibration measured on real text) what that plan would cost. While the plan's cost is
+above ``quality.max_delta_ppl``, the most important blocks the plan would demote are
+lifted back to their loss level (exact blocks stay L0), one at a time; evicted (L3)
+tokens cost a recompute, not quality, and are not counted. Planning before moving means
+a block the budget keeps is never quantized and restored again.
 
 Protection: a block is protected (never quantized) when it overlaps the first
 ``sink_tokens`` or the last ``recent_window`` tokens of the longest stored sequence
@@ -34,7 +50,7 @@ Not thread-safe: the engine calls it from its one generation thread.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +79,10 @@ from inferos.kvstore.levels import (
 from inferos.kvstore.prefix_index import DEFAULT_BLOCK_TOKENS, PrefixIndex
 from inferos.kvstore.quantize import DEFAULT_GROUP_SIZE
 
-__all__ = ["KvStore", "KvStoreConfig", "StoredBlock"]
+__all__ = ["KvStore", "KvStoreConfig", "PolicyRound", "QualityCost", "StoredBlock"]
+
+QualityCost = Callable[[Mapping[Level, int]], float]
+"""Estimated delta-PPL of holding ``tokens[level]`` tokens at each of L0..L2."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +123,15 @@ class StoredBlock:
     def level(self) -> Level:
         """The block's worst (highest) level: what a reader has to cope with."""
         return max(c.level for c in self.chunks)
+
+
+@dataclass(frozen=True)
+class PolicyRound:
+    """What one ``apply_policy`` did: chunk moves (budget rounds included), and the
+    blocks the quality budget kept above ``decide_level``'s answer."""
+
+    moved: int
+    lifted_blocks: int = 0
 
 
 class KvStore:
@@ -152,12 +180,16 @@ class KvStore:
         keys: Sequence[np.ndarray],
         values: Sequence[np.ndarray],
         probes: Sequence[np.ndarray] | None = None,
+        *,
+        enforce: bool = True,
     ) -> int:
         """Store the full blocks of ``token_ids``; return how many blocks were new.
 
         ``keys[l]``/``values[l]`` are [H, >=T, D] for T = len(token_ids) (an engine
         buffer may be longer); block slices are copied. ``probes[l]`` [H, P, D] stand in
         for queries in the attention proxy; by default the last ``n_probes`` keys.
+        ``enforce`` False skips the byte budget, for a caller that runs ``apply_policy``
+        next (which enforces it after the policy's own moves).
         """
         n = len(token_ids)
         if len(keys) != len(values) or not keys:
@@ -196,7 +228,8 @@ class KvStore:
             parent = key
         if path:
             self._observe(path, n, keys, probes)
-        self.enforce_budget()
+        if enforce:
+            self.enforce_budget()
         return new
 
     def _observe(self, path: list[StoredBlock], n: int, keys: Sequence[np.ndarray],
@@ -316,29 +349,79 @@ class KvStore:
             )
             chunk.importance = terms.score(w)
 
-    def apply_policy(self, quality: QualitySignal | None = None) -> int:
-        """Move every chunk to ``decide_level``'s answer; return how many moved."""
+    def apply_policy(self, quality: QualitySignal | None = None,
+                     cost: QualityCost | None = None) -> PolicyRound:
+        """Move every chunk to ``decide_level``'s answer, never above its loss level, then
+        enforce the byte budget. With ``quality`` and ``cost``, the plan is first kept
+        within ``quality.max_delta_ppl`` (see the module docstring)."""
         self.rescore()
-        moved = 0
-        for block in list(self.blocks()):
-            if block.key not in self._index:
-                continue  # dropped with an earlier block of its chain
+        cfg = self.config
+        plan: list[tuple[StoredBlock, list[Level]]] = []
+        drops: list[StoredBlock] = []
+        for block in self.blocks():
+            targets: list[Level] = []
             for chunk in block.chunks:
                 target = decide_level(
-                    chunk, chunk.importance, self.config.thresholds,
-                    context_len=block.context_len, recent_window=self.config.recent_window,
-                    sink_tokens=self.config.sink_tokens, quality=quality)
-                if target is Level.L3 and self.config.spill_dir is None:
-                    if block.children:
-                        target = Level.L2  # dropping it would strand its continuations
-                    else:
-                        self._drop(block)
-                        moved += 1
-                        break
+                    chunk, chunk.importance, cfg.thresholds, context_len=block.context_len,
+                    recent_window=cfg.recent_window, sink_tokens=cfg.sink_tokens,
+                    quality=quality)
+                if target is Level.L3 and cfg.spill_dir is None and block.children:
+                    target = Level.L2  # dropping it would strand its continuations
+                targets.append(target if target is Level.L3 else max(target, chunk.loss_level))
+            if cfg.spill_dir is None and Level.L3 in targets:
+                drops.append(block)  # a leaf: evicted whole
+            else:
+                plan.append((block, targets))
+        lifted = 0
+        if quality is not None and cost is not None:
+            lifted = self._keep_within(plan, quality.max_delta_ppl, cost)
+        moved = 0
+        for block in drops:
+            if block.key in self._index:
+                self._drop(block)
+                moved += 1
+        for block, targets in plan:
+            if block.key not in self._index:
+                continue  # dropped with an earlier block of its chain
+            for chunk, target in zip(block.chunks, targets, strict=True):
                 if target is not chunk.level:
-                    chunk.move_to(target, self.config.spill_dir)
+                    chunk.move_to(target, cfg.spill_dir)
                     moved += 1
-        return moved + self.enforce_budget()
+        return PolicyRound(moved + self.enforce_budget(), lifted)
+
+    def _keep_within(self, plan: list[tuple[StoredBlock, list[Level]]], max_delta_ppl: float,
+                     cost: QualityCost) -> int:
+        """Lift the plan's new losses, most important block first, until ``cost`` of the
+        planned loss levels is within ``max_delta_ppl``; return the blocks lifted."""
+        layers = max((len(b.chunks) for b, _ in plan), default=1)
+        token_layers = dict.fromkeys((Level.L0, Level.L1, Level.L2), 0)
+        for block, targets in plan:
+            span = block.tokens[1] - block.tokens[0]
+            for chunk, target in zip(block.chunks, targets, strict=True):
+                if target is not Level.L3:
+                    token_layers[max(target, chunk.loss_level)] += span
+
+        def planned_cost() -> float:
+            return cost({lvl: round(n / layers) for lvl, n in token_layers.items()})
+
+        if planned_cost() <= max_delta_ppl:
+            return 0
+        losing = [(block, targets) for block, targets in plan
+                  if any(t is not Level.L3 and t > c.loss_level
+                         for c, t in zip(block.chunks, targets, strict=True))]
+        losing.sort(key=lambda bt: -sum(c.importance for c in bt[0].chunks))
+        lifted = 0
+        for block, targets in losing:
+            span = block.tokens[1] - block.tokens[0]
+            for i, (chunk, target) in enumerate(zip(block.chunks, targets, strict=True)):
+                if target is not Level.L3 and target > chunk.loss_level:
+                    token_layers[target] -= span
+                    token_layers[chunk.loss_level] += span
+                    targets[i] = chunk.loss_level
+            lifted += 1
+            if planned_cost() <= max_delta_ppl:
+                break
+        return lifted
 
     def enforce_budget(self) -> int:
         """Demote chunks until the store fits ``host_pool_bytes``; return the moves.
@@ -442,6 +525,19 @@ class KvStore:
     def nbytes(self) -> int:
         """Bytes held in memory, metadata included (``stats().total_nbytes``, cheaply)."""
         return sum(c.nbytes for c in self.chunks())
+
+    def loss_tokens(self) -> dict[Level, int]:
+        """Tokens held in memory per loss level, L0..L2 (what a quality estimate weighs;
+        a token counts in proportion to its layers, as in ``stats``)."""
+        token_layers = dict.fromkeys((Level.L0, Level.L1, Level.L2), 0)
+        layers = 1
+        for block in self.blocks():
+            layers = max(layers, len(block.chunks))
+            span = block.tokens[1] - block.tokens[0]
+            for chunk in block.chunks:
+                if chunk.level is not Level.L3:
+                    token_layers[chunk.loss_level] += span
+        return {lvl: round(n / layers) for lvl, n in token_layers.items()}
 
     def stats(self) -> LevelStats:
         counts = dict.fromkeys(Level, 0)

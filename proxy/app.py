@@ -11,7 +11,6 @@ generation request's body before forwarding it, to learn which model it names.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from inferos.proxy import errors
+from inferos.proxy.bounded_json import read_json_object
 from inferos.proxy.data_plane import DataPlane, GateTimeout
 from inferos.proxy.forward import forward
 from inferos.proxy.observer import Observer
@@ -81,13 +81,10 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
 
 
 def model_named(body: bytes) -> str | None:
-    """The ``model`` a JSON request body names; None when it names none or is not JSON
-    (the backend will answer that one: it is forwarded as sent)."""
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    model = value.get("model") if isinstance(value, dict) else None
+    """The ``model`` a JSON request body names; None when it names none, is not JSON or
+    too costly to parse (the backend will answer that one: it is forwarded as sent)."""
+    value = read_json_object(body)
+    model = value.get("model") if value is not None else None
     return model if isinstance(model, str) else None
 
 

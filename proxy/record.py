@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from inferos.proxy.bounded_json import prompt_text, read_json_object
 from inferos.proxy.observation import Observation
 from inferos.proxy.routes import is_generation
 
@@ -48,49 +49,16 @@ def _request_facts(obs: Observation) -> _Request:
     facts = _Request()
     if obs.request_truncated or not obs.request_body:
         return facts
-    try:
-        body = json.loads(obs.request_body)
-    except (ValueError, UnicodeDecodeError):
-        return facts  # malformed JSON is the backend's business; observation just shrugs
-    if not isinstance(body, dict):
+    # Malformed (or too costly) JSON is the backend's business; observation just shrugs.
+    body = read_json_object(bytes(obs.request_body))
+    if body is None:
         return facts
     model = body.get("model")
     if isinstance(model, str) and model and len(model) <= MAX_MODEL_NAME:
         facts.model = model
     facts.stream = body.get("stream") is True
-    facts.prompt_chars = _text_chars(body.get("messages")) + _text_chars(body.get("prompt"))
-    facts.prompt_chars += _text_chars(body.get("input"))
+    facts.prompt_chars = len(prompt_text(body) or "")
     return facts
-
-
-def prompt_text(body: dict[str, Any]) -> str:
-    """The prompt's text (messages, prompt or input), joined: for counting only, never kept."""
-    parts: list[str] = []
-    for key in ("messages", "prompt", "input"):
-        _collect_text(body.get(key), parts)
-    return "\n".join(parts)
-
-
-def _collect_text(value: Any, out: list[str]) -> None:
-    if isinstance(value, str):
-        out.append(value)
-    elif isinstance(value, list):
-        for item in value:
-            _collect_text(item, out)
-    elif isinstance(value, dict):
-        _collect_text(value.get("content"), out)
-        _collect_text(value.get("text"), out)
-
-
-def _text_chars(value: Any) -> int:
-    """Characters of text in a prompt, messages list or content parts (for estimates only)."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_text_chars(item) for item in value)
-    if isinstance(value, dict):
-        return _text_chars(value.get("content")) + _text_chars(value.get("text"))
-    return 0
 
 
 @dataclass(slots=True)

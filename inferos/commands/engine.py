@@ -1,4 +1,9 @@
-"""``inferos engine``: the embedded engine's Lemonade-compatible server, in the foreground."""
+"""``inferos engine``: the embedded engine's Lemonade-compatible server, in the foreground.
+
+The live policy's flags (``--recent-window``, ``--sink-tokens``, ``--level-thresholds``,
+``--max-delta-ppl``, ``--host-pool-bytes``, ``--kv-allow-evict``) are its start values,
+version 0; ``POST /inferos/v1/policy`` changes them while the engine runs.
+"""
 
 from __future__ import annotations
 
@@ -31,14 +36,33 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--host-pool-bytes", default=None,
                    help="memory for parked KV (prefix cache) before it is quantized or "
                         "evicted, e.g. 512MiB (default: the policy's io.host_pool_bytes, "
-                        "4096MiB)")
+                        "4096MiB; live)")
+    # Defaults are the kvstore's, resolved when the engine starts (importing them here
+    # would load numpy and aiohttp for every command); the help repeats them, and
+    # tests/engine/test_live_policy.py checks that it says what the code does.
+    p.add_argument("--recent-window", type=int, default=None,
+                   help="last tokens of each sequence kept exact (the policy's "
+                        "kv.recent_window; default 64; live)")
+    p.add_argument("--sink-tokens", type=int, default=None,
+                   help="first tokens of each sequence kept exact (the policy's "
+                        "kv.sink_tokens; default 4; live)")
+    p.add_argument("--level-thresholds", default=None, metavar="L1,L2,L3",
+                   help="importance below which parked KV goes to INT8, INT4, evicted (the "
+                        "policy's kv.level_thresholds; default 0.7,0.5,0.3; live)")
+    p.add_argument("--max-delta-ppl", type=float, default=None,
+                   help="quality budget of parked KV, estimated ΔPPL (the policy's "
+                        "quality.max_delta_ppl; default 0.5; live)")
     p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
                    help="never reuse the KV of an earlier prompt's prefix")
     p.add_argument("--kv-allow-evict", action="store_true",
                    help="a context that outgrows --ctx-size evicts its least important "
-                        "tokens instead of ending (the policy's kv.allow_evict)")
+                        "tokens instead of ending (the policy's kv.allow_evict; live)")
     p.add_argument("--api-key", default=os.environ.get("LEMONADE_API_KEY") or None,
                    help="require 'Authorization: Bearer KEY' (env LEMONADE_API_KEY)")
+    p.add_argument("--control-token",
+                   default=os.environ.get("INFEROS_ENGINE_CONTROL_TOKEN") or None,
+                   help="require 'X-Inferos-Control-Token: TOKEN' on /inferos/v1/policy "
+                        "(env INFEROS_ENGINE_CONTROL_TOKEN)")
     p.add_argument("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_engine)
 
@@ -63,9 +87,10 @@ async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
 
 async def _engine(args: argparse.Namespace) -> int:
     from inferos.engine.api_errors import ApiError
+    from inferos.engine.engine_policy import DEFAULT_MAX_DELTA_PPL, EnginePolicy, parse_thresholds
     from inferos.engine.load_options import normalize_provider
     from inferos.engine.prepared_models import DEFAULT_MODEL, catalog_for, load_model
-    from inferos.engine.runtime import EngineOptions
+    from inferos.engine.runtime import EngineOptions, best_provider
     from inferos.engine.server import EngineServer, EngineSettings
     from inferos.errors import ConfigError
     from inferos.tasks import TaskGroup
@@ -92,10 +117,27 @@ async def _engine(args: argparse.Namespace) -> int:
         ctx_size=args.ctx_size or options.ctx_size,
         prefix_cache=args.prefix_cache, host_pool_bytes=host_pool_bytes,
         kv_allow_evict=args.kv_allow_evict)
+    from inferos.kvstore.levels import DEFAULT_RECENT_WINDOW, DEFAULT_SINK_TOKENS, LevelThresholds
+
+    window = DEFAULT_RECENT_WINDOW if args.recent_window is None else args.recent_window
+    sinks = DEFAULT_SINK_TOKENS if args.sink_tokens is None else args.sink_tokens
+    for key, value in (("recent-window", window), ("sink-tokens", sinks)):
+        if value < 0:
+            raise ConfigError("must not be negative", key=key)
+    budget = DEFAULT_MAX_DELTA_PPL if args.max_delta_ppl is None else args.max_delta_ppl
+    if not 0 <= budget < float("inf"):  # also refuses nan
+        raise ConfigError("must be a finite number >= 0", key="max-delta-ppl")
+    thresholds = parse_thresholds(args.level_thresholds) if args.level_thresholds \
+        else LevelThresholds()
+    policy = EnginePolicy.starting(
+        provider or best_provider(), recent_window=window, sink_tokens=sinks,
+        thresholds=thresholds, allow_evict=args.kv_allow_evict,
+        host_pool_bytes=host_pool_bytes, max_delta_ppl=budget)
     model = args.model or DEFAULT_MODEL
     catalog, model_id = catalog_for(model)
     settings = EngineSettings(model=model_id, host=args.host, port=args.port, options=options,
-                              api_key=args.api_key)
+                              api_key=args.api_key, policy=policy,
+                              control_token=args.control_token)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -193,3 +193,11 @@ def test_values_out_of_bounds_in_the_file_name_the_key_and_line(
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, text), env={})
     assert info.value.key == key and info.value.line == line
+
+
+def test_the_failsafe_bound_declared_is_the_one_the_failsafe_defaults_to() -> None:
+    from inferos.controller.failsafe import FailsafeSettings
+    from inferos.controller.setting_table import BY_PATH
+
+    declared = BY_PATH["infer_os.failsafe.stale_after_ms"].default
+    assert declared / 1000 == FailsafeSettings().stale_after_s

@@ -4,13 +4,16 @@ Interleaved conversations each find their own history in the store (the pool's o
 buffer holds only the last one); restored exact (L0) blocks give the tokens of a cold run,
 INT8 blocks stay within a measured logit bound; a small host pool demotes parked KV and
 its bytes drop; stats have the shapes the controller reads; a cancelled generation still
-returns its buffer and parks what it computed.
+returns its buffer and parks what it computed. The models here run a policy whose
+thresholds keep parked KV exact until the byte budget presses (the default thresholds
+would quantize it: tests/engine/test_live_policy.py).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ import pytest
 
 from inferos.controller.backend_stats import BackendStats
 from inferos.engine.runtime import EngineOptions, LoadedModel, SamplingParams, load_model
-from inferos.kvstore.levels import Level
+from inferos.kvstore.levels import Level, LevelThresholds
 from tests.backends import RunningServer
 from tests.engine.engine_process import engine_process
 
@@ -38,7 +41,12 @@ def texts() -> list[str]:
 
 
 def _load(folder: Path, **options: Any) -> LoadedModel:
-    return load_model(str(folder), EngineOptions(threads=2, ctx_size=2048, **options))
+    """The model with a policy that keeps parked KV exact until the byte budget presses
+    (importance is never below -eta = -0.3)."""
+    model = load_model(str(folder), EngineOptions(threads=2, ctx_size=2048, **options))
+    model.set_policy(replace(model.policy, version=1,
+                             thresholds=LevelThresholds(-1.0, -1.0, -1.0)))
+    return model
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from inferos.kvstore.chunk import ChunkId
 from inferos.kvstore.levels import Level, QualitySignal
-from inferos.kvstore.store import KvStore, KvStoreConfig
+from inferos.kvstore.store import KvStore, KvStoreConfig, QualityCost
 
 LAYERS, HEADS, DIM = 2, 3, 64
 
@@ -241,12 +242,70 @@ def test_apply_policy_follows_decide_level_and_quality(tmp_path: Path) -> None:
     assert levels[0] is Level.L0 and levels[-2:] == [Level.L0, Level.L0]
     assert levels[1:-2] == [Level.L2] * 5
     clock.now = 10**15  # a long-parked session: age pushes it below the eviction threshold
-    assert store.apply_policy() == 5 * LAYERS
+    assert store.apply_policy().moved == 5 * LAYERS
     assert [b.level for b in store.blocks()][1:-2] == [Level.L3] * 5
     assert store.match(ids) == 256  # spilled, still reusable
+    # Overspent quality: nothing goes lower; the spilled INT4 chunks come back as they
+    # were spilled (their loss is in the data: moving them to L0 would restore nothing).
     store.apply_policy(QualitySignal(delta_ppl_est=1.0, max_delta_ppl=0.5))
-    assert all(b.level is Level.L0 for b in store.blocks())
+    levels = [b.level for b in store.blocks()]
+    assert levels[0] is Level.L0 and levels[-2:] == [Level.L0, Level.L0]
+    assert levels[1:-2] == [Level.L2] * 5
     assert not list(tmp_path.iterdir())
+
+
+def test_apply_policy_never_lifts_a_chunk_above_its_loss() -> None:
+    clock = FakeClock()
+    store = KvStore(KvStoreConfig(recent_window=0, sink_tokens=0), clock=clock)
+    ids, _, _ = _fill(store, 128)
+    for chunk in store.chunks():
+        chunk.move_to(Level.L1)
+    assert all(c.loss_level is Level.L1 for c in store.chunks())
+    store.config = KvStoreConfig(recent_window=10**6, sink_tokens=0)  # all protected: L0
+    assert store.apply_policy().moved == 0
+    assert all(b.level is Level.L1 for b in store.blocks())
+    assert store.loss_tokens() == {Level.L0: 0, Level.L1: 128, Level.L2: 0}
+    # An explicit promotion still moves it, and the loss stays on record.
+    store.promote(next(store.chunks()).id)
+    assert next(store.chunks()).level is Level.L0
+    assert next(store.chunks()).loss_level is Level.L1
+
+
+def _cost(per_level: dict[Level, float]) -> QualityCost:
+    """A calibration stand-in: the token-weighted mean of a delta-PPL per level."""
+    def cost(tokens: Mapping[Level, int]) -> float:
+        held = sum(tokens.values())
+        return sum(per_level[lvl] * n for lvl, n in tokens.items()) / held if held else 0.0
+    return cost
+
+
+def test_a_quality_budget_lifts_the_most_important_planned_demotions() -> None:
+    store = KvStore(KvStoreConfig(recent_window=32, sink_tokens=4))
+    ids = _tokens(256)
+    keys, values = _kv(256)
+    store.put(ids, keys, values, probes=[np.zeros((HEADS, 4, DIM), np.float32)] * LAYERS)
+    for i, block in enumerate(store.blocks()):  # importance rises along the sequence
+        for chunk in block.chunks:
+            chunk.attn, chunk.sem = 0.5, i / 10
+    cost = _cost({Level.L0: 0.0, Level.L1: 0.05, Level.L2: 1.0})
+    # Unbounded, the six unprotected blocks go to INT4: 192 of 256 tokens at 1.0 -> 0.75.
+    free = KvStore(store.config)
+    free.put(ids, keys, values, probes=[np.zeros((HEADS, 4, DIM), np.float32)] * LAYERS)
+    for i, block in enumerate(free.blocks()):
+        for chunk in block.chunks:
+            chunk.attn, chunk.sem = 0.5, i / 10
+    assert free.apply_policy().lifted_blocks == 0
+    assert cost(free.loss_tokens()) == pytest.approx(0.75)
+    # Within 0.3: the most important demotions are lifted until the plan fits.
+    done = store.apply_policy(QualitySignal(delta_ppl_est=0.0, max_delta_ppl=0.3), cost)
+    assert done.lifted_blocks > 0
+    assert cost(store.loss_tokens()) <= 0.3
+    levels = [b.level for b in store.blocks()]
+    kept = [i for i, lvl in enumerate(levels[1:-1], 1) if lvl is Level.L0]
+    demoted = [i for i, lvl in enumerate(levels[1:-1], 1) if lvl is not Level.L0]
+    assert kept and demoted and min(kept) > max(demoted)  # the important ones stayed exact
+    # The next round keeps them without quantizing anything again.
+    assert store.apply_policy(QualitySignal(cost(store.loss_tokens()), 0.3), cost).moved == 0
 
 
 def test_apply_policy_without_spill_never_strands_a_chain() -> None:
