@@ -9,7 +9,9 @@ to about 1,450 tokens. Three engines (``LoadedModel``) answer every request, in 
 that rotates from one request to the next, so machine noise hits them alike:
 
     OFF        ``prefix_cache=False``: every prompt is prefilled in full
-    ON         the prefix cache with the default host pool (4 GiB): parked KV stays exact
+    ON         the prefix cache with the default host pool (4 GiB) and the default live
+               policy: parked KV follows decide_level (importance against the level
+               thresholds; sinks and the recent window exact), so most of it sits at INT4
     ON, tight  the prefix cache with a host pool of ``--tight-fraction`` (0.40) of the
                FP16 size of the chats' parked KV at the end: parked KV goes to float16,
                then INT8 and INT4, and is dequantized back into the buffer when its

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from inferos.controller.snapshot import BackendSettings
 from inferos.errors import InferOSError
@@ -113,6 +113,7 @@ class Outcome:
                 "where": self.where, "reason": self.reason}
 
 
+@runtime_checkable
 class Backend(Protocol):
     name: str
     # How long the last reconfiguration took (reload or blue/green), once one happened:
