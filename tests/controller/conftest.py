@@ -15,13 +15,15 @@ def proxy_settings(upstream: str = "") -> ProxySettings:
 
 
 def controller_settings(tmp_path: Path, **overrides: object) -> ControllerSettings:
+    from inferos.controller.failsafe import FailsafeSettings
+
+    # The default staleness bound, as users run it: the fail-safe tells a hung controller
+    # from a busy machine, so tests that share two cores with model servers must not trip
+    # it falsely (a false trip fails them: their requests would go unobserved).
     values: dict[str, object] = {"telemetry_dir": tmp_path / "logs",
                                  "reconfigure_cooldown_s": 0.0, "recover_after_s": 1.0,
-                                 "stale_after_s": 1.0}
+                                 "stale_after_s": FailsafeSettings().stale_after_s}
     values.update(overrides)
-    from inferos.controller.failsafe import FailsafeSettings
-    # Tests share two cores with a model server: a generous staleness bound keeps a busy
-    # machine from tripping the fail-safe in tests that are not about it.
     failsafe = FailsafeSettings(recover_after_s=float(values.pop("recover_after_s")),  # type: ignore[arg-type]
                                 stale_after_s=float(values.pop("stale_after_s")))  # type: ignore[arg-type]
     decisions = values.pop("decisions", DecisionSettings())
