@@ -13,6 +13,11 @@ the controller has:
                             to it (the worker does that as soon as it is free, so while
                             generating it waits for the generation: not a target)
 
+  agent end to end          POST /v1/policy on Infer-OS's agent API (an in-process agent in
+                            front of the same engine) until its answer lists the new
+                            kv.recent_window as applied, i.e. acknowledged by the engine:
+                            proxy loop -> controller thread -> engine -> answer
+
 Each POST alternates the KV window and thresholds, so the engine swaps a real change.
 Prints p50/p95/max per row and whether every ack and stats round trip met 100 ms (the
 design's target for policy reaching the engine), judged on the maximum.
@@ -23,6 +28,7 @@ design's target for policy reaching the engine), judged on the maximum.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import socket
@@ -162,6 +168,34 @@ def measure(n: int, once: Callable[[], float | None]) -> list[float]:
     return samples
 
 
+async def agent_end_to_end(url: str, n: int) -> list[float]:
+    """POST /v1/policy -> answer with the live key applied, through a real agent."""
+    from inferos.controller.agent import Agent
+    from inferos.controller.controller import ControllerSettings
+    from inferos.controller.lemonade_backend import LemonadeBackend
+    from inferos.controller.profiles import profile_policy
+    from inferos.proxy.settings import HostPort, ProxySettings
+
+    settings = ControllerSettings(telemetry_dir=Path(tempfile.mkdtemp()))
+    agent = Agent(ProxySettings(upstream=url, listen=HostPort("127.0.0.1", 0),
+                                admin=HostPort("127.0.0.1", 0)),
+                  profile_policy("balanced"), settings, LemonadeBackend(url))
+    samples: list[float] = []
+    async with agent, httpx.AsyncClient(timeout=60) as client:
+        while agent.controller.live_version is None:  # the first push, at start
+            await asyncio.sleep(0.05)
+        for i in range(n):
+            window = 96 + (i % 2) * 32
+            started = time.perf_counter()
+            response = await client.post(agent.proxy.admin_url + "/v1/policy",
+                                         json={"kv": {"recent_window": window}})
+            elapsed = (time.perf_counter() - started) * 1000
+            key = response.json()["keys"]["kv.recent_window"]
+            if key["status"] == "applied" and key["in_effect"] == window:
+                samples.append(elapsed)
+    return samples
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -230,6 +264,7 @@ def main() -> None:
             rows.append(("ack, generating", measure(n, busy(ack)), True))
             rows.append(("visible in stats, generating", measure(n, busy(visible)), True))
             generations = stream.generations + 1
+        rows.append(("agent end to end, idle", asyncio.run(agent_end_to_end(url, n)), True))
 
     print(f"POST /inferos/v1/policy on the real engine ({MODEL}), {n} round trips per row; "
           f"{generations} streaming generation(s) ran under the 'generating' rows")

@@ -29,21 +29,32 @@ class EngineControl:
         self.timeout_s = timeout_s
         self._client: httpx.AsyncClient | None = None
         self.acked_version: int | None = None
+        # The engine's versions only go up. One that outlived an earlier controller (an
+        # engine behind --upstream, a restarted serve) is ahead of our policy versions: we
+        # send ours shifted past its own, learnt from its 409.
+        self._offset = 0
 
     def retarget(self, base_url: str) -> None:
         """A blue/green switch moved the engine: the next push goes to the new process."""
         self.base_url = base_url.rstrip("/")
         self.acked_version = None
+        self._offset = 0
 
     async def push(self, live: Mapping[str, Any], version: int) -> tuple[Outcome, ...]:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout_s)
         headers = {TOKEN_HEADER: self.token} if self.token else {}
         try:
-            response = await self._client.post(self.base_url + POLICY_PATH,
-                                               json=b.live_payload(live, version),
-                                               headers=headers)
-            body = response.json()
+            for _ in range(2):
+                sent = version + self._offset
+                response = await self._client.post(self.base_url + POLICY_PATH,
+                                                   json=b.live_payload(live, sent),
+                                                   headers=headers)
+                body = response.json()
+                ahead = body.get("version") if isinstance(body, dict) else None
+                if response.status_code != 409 or not isinstance(ahead, int):
+                    break
+                self._offset = ahead + 1 - version
         except (httpx.HTTPError, ValueError) as exc:
             return tuple(Outcome(k, b.NOT_APPLIED, v, where=WHERE,
                                  reason=f"the engine's control API did not answer: {exc}")
@@ -57,7 +68,7 @@ class EngineControl:
                                                                 dict) else {}
         refused: dict[str, Any] = body["not_applicable"] if isinstance(
             body.get("not_applicable"), dict) else {}
-        if body.get("version") == version:
+        if body.get("version") == sent:
             self.acked_version = version
         outcomes = []
         for key, value in live.items():

@@ -119,3 +119,25 @@ async def test_the_quality_estimate_is_the_engines_measurement(agent: Agent) -> 
         assert engine["delta_ppl_est"] is not None and engine["delta_ppl_est"] >= 0
     else:
         assert metrics["quality"]["delta_ppl_est"] is None
+
+
+async def test_an_engine_ahead_of_our_versions_still_takes_the_policy(tmp_path: Path) -> None:
+    """An engine that outlived an earlier controller (behind --upstream, after serve was
+    restarted) has seen higher versions than ours: the policy must still reach it."""
+    from inferos.controller.backend import live_payload
+    from inferos.controller.lemonade_backend import LemonadeBackend
+    from tests.engine.engine_process import engine_process
+
+    prepared_model()
+    with engine_process(tmp_path) as engine:
+        earlier = live_payload(live_keys(policy("safe")), 500)
+        assert httpx.post(engine.url + "/inferos/v1/policy", json=earlier,
+                          timeout=10).status_code == 200
+        async with Agent(proxy_settings(engine.url), policy("balanced"),
+                         controller_settings(tmp_path), LemonadeBackend(engine.url)) as agent:
+            await _until(lambda: agent.controller.live_version is not None)
+            status, answer = await _post(agent.proxy.admin_url + "/v1/policy",
+                                         {"kv": {"recent_window": 100}})
+            assert status == 200
+            assert answer["keys"]["kv.recent_window"]["status"] == "applied"
+            assert _stats(engine.url)["policy"]["kv.recent_window"] == 100
