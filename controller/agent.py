@@ -9,6 +9,7 @@ reaches the proxy only through ``proxy.data_plane``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -65,7 +66,9 @@ class Agent:
         return self.proxy.runtime
 
     async def start(self) -> None:
-        self.controller.start()
+        # Off the loop: the controller's start reads the backend, which may be served by
+        # this very loop (test equipment); a blocked loop would answer nobody meanwhile.
+        await asyncio.to_thread(self.controller.start)
         try:
             await self.proxy.start()
         except BaseException:

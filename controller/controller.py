@@ -56,6 +56,7 @@ from inferos.tasks import TaskGroup
 log = logging.getLogger(__name__)
 BACKEND_STATS_EVERY_S = 1.0
 BACKEND_READ_EVERY_S = 2.0
+READ_FAILURES_UNKNOWN = 3
 CLIENT_ROUTES = ("load", "unload")
 FACTS_BUDGET_S = 0.005
 DecideFn = Callable[..., Decision]
@@ -120,6 +121,7 @@ class Controller:
         self._normal_since: float | None = None
         self._last_backend_stats = float("-inf")
         self._last_read = float("-inf")
+        self._read_failures = 0
         self._guard_promotions: int | None = None
         self._http: httpx.AsyncClient | None = None
         self._lock = threading.Lock()  # serializes policy changes from API callers
@@ -323,9 +325,14 @@ class Controller:
             caps = await self.backend.capabilities()
             state = await self.backend.read_back()
         except ActuatorError as exc:
-            log.warning("backend unreadable: %s", exc)
-            self.capabilities = None
+            # One failed read is a blip; after a few in a row nothing is known of it any
+            # more, and the report says so (not_applied: unknown) instead of going stale.
+            self._read_failures += 1
+            log.warning("backend unreadable (%d in a row): %s", self._read_failures, exc)
+            if self._read_failures >= READ_FAILURES_UNKNOWN:
+                self.capabilities = None
             return
+        self._read_failures = 0
         previous = self.state
         if (previous is not None and previous.model != state.model
                 and not self._actuating):

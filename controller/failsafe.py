@@ -247,10 +247,15 @@ class FailSafe:
         now = time.monotonic()
         fault_at = now if fault_at is None else fault_at
         self.last_fault_at = now
-        if self.plane.snapshot.failsafe_reason is not None or not self.plane.trip(reason):
-            return  # already in passthrough, by an earlier fault (or another thread's)
+        if self.plane.snapshot.failsafe_reason is not None:
+            return  # already in passthrough, by an earlier fault
+        # Recorded before the switch, so whoever sees passthrough also sees its latency.
+        latency = now - fault_at
+        previous, self.last_trip_latency_s = self.last_trip_latency_s, latency
+        if not self.plane.trip(reason):
+            self.last_trip_latency_s = previous  # another thread's trip came first
+            return
         self.trips += 1
-        self.last_trip_latency_s = now - fault_at
         self.failovers.labels(kind).inc()
         self.trip_latency.observe(self.last_trip_latency_s)
         log.error("fail-safe: passthrough (%s), %.1f ms after the fault", reason,

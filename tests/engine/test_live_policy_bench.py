@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 ROW = re.compile(r"^\| ([a-z ,-]+?)\s+\|\s+(\d+) \|\s+([\d.]+) \|\s+([\d.]+) \|\s+([\d.]+) \|$")
 ROWS = {"ack, idle", "visible in stats, idle", "re-leveled, idle", "ack, generating",
-        "visible in stats, generating"}
+        "visible in stats, generating", "agent end to end, idle"}
 
 
 def test_quick_run_measures_every_row(smollm2_folder: Path) -> None:
