@@ -12,7 +12,8 @@ Loopback is not a trust boundary: a web page in the user's browser can reach 127
 So every request that changes state must come with ``Content-Type: application/json``
 (a page's form or ``no-cors`` fetch cannot send that without a CORS preflight, which this
 server never answers), no foreign ``Origin``, a ``Host`` that names this machine (DNS
-rebinding), and the admin token when one is set (``INFEROS_ADMIN_TOKEN``).
+rebinding), and the admin token when one is set (``listen.admin_token``,
+``INFEROS_ADMIN_TOKEN``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,7 +34,6 @@ from inferos.proxy.admin import HEALTH_PARTS
 
 CONTROLLER = web.AppKey("controller", Controller)
 MAX_BODY = 64 * 1024
-TOKEN_ENV = "INFEROS_ADMIN_TOKEN"
 TOKEN_HEADER = "X-Inferos-Token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 # How long POST /v1/policy waits for the engine to acknowledge live keys before answering
@@ -143,7 +142,7 @@ def add_agent_api(app: web.Application, controller: Controller, *, admin_host: s
                   token: str | None = None) -> None:
     app[CONTROLLER] = controller
     app[ADMIN_HOST] = admin_host
-    app[ADMIN_TOKEN] = token if token is not None else os.environ.get(TOKEN_ENV, "")
+    app[ADMIN_TOKEN] = token or ""
     app.middlewares.append(_guard)
     app[HEALTH_PARTS].append(lambda: _health_part(controller))
     app.router.add_post("/v1/policy", post_policy)

@@ -6,15 +6,16 @@ the embedded engine or llama.cpp's server, switched blue/green (``managed_backen
 
 The protocol says only what is true of the backend in front of us:
 
-- ``capabilities()`` is *detected from the backend itself* (its version and the fields of
-  its health), per policy key: applied live, by a reload, by a restart, or not applicable
+- ``read_back()`` gives what is loaded now and its ``capabilities``, both from one read:
+  *detected from the backend itself* (its version and the fields of its health), per
+  policy key: applied live, by a reload, by a restart, or not applicable
   with the reason. The Python Lemonade's ``/load`` takes only ``model_name``: there every
   backend setting is not applicable, and nothing is ever sent to change it.
 - ``apply()`` returns one ``Outcome`` per key it was asked to change, and an outcome says
   ``applied`` only after the value was *read back* from the backend (Lemonade's
   ``all_models_loaded[].recipe_options``, the engine's health and stats, the llama.cpp
   process's own command line). What could not be read back is ``not_applied``.
-- ``read_back()`` re-reads what is loaded now, so the controller never acts on a stale name.
+  The controller re-reads right before acting, so it never acts on a stale name.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class Capabilities:
 class BackendState:
     """What the backend says is in effect, read from it just now."""
 
+    capabilities: Capabilities
     model: str | None                       # loaded model; None when none is
     settings: Mapping[str, Any]             # BackendSettings field -> value read back
     max_ctx: int | None = None              # the loaded model's maximum context
@@ -124,12 +126,9 @@ class Backend(Protocol):
         """Starts a backend Infer-OS runs (or checks one it does not); returns its URL."""
         ...
 
-    async def capabilities(self) -> Capabilities:
-        """What this backend can apply, per policy key, detected from the backend."""
-        ...
-
     async def read_back(self) -> BackendState:
-        """The backend's state now (raises ActuatorError when it cannot be read)."""
+        """The backend's state and capabilities now, from one read (raises ActuatorError
+        when it cannot be read)."""
         ...
 
     async def apply(self, wanted: BackendSettings, plane: DataPlane, *, model: str | None,

@@ -132,7 +132,7 @@ class BackendChild:
 Launcher = Callable[[BackendSettings, Mapping[str, Any], int], BackendChild]
 
 
-def engine_launcher(model: str, control_token: str | None = None) -> Launcher:
+def engine_launcher(model: str) -> Launcher:
     def launch(settings: BackendSettings, live: Mapping[str, Any], port: int) -> BackendChild:
         argv = [sys.executable, "-m", "inferos.cli", "engine", "--host", HOST,
                 "--port", str(port), "--model", model,
@@ -153,8 +153,7 @@ def engine_launcher(model: str, control_token: str | None = None) -> Launcher:
                      "--host-pool-bytes", str(live["io.host_pool_bytes"])]
             if live["kv.allow_evict"]:
                 argv.append("--kv-allow-evict")
-        env = {"INFEROS_ENGINE_CONTROL_TOKEN": control_token} if control_token else {}
-        return BackendChild(argv, port, "/api/v1/health", env=env)
+        return BackendChild(argv, port, "/api/v1/health")
     return launch
 
 

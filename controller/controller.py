@@ -106,7 +106,6 @@ class Controller:
         self.last_decision: Decision | None = None
         self.events_written = 0
         # What the backend said last (read back), and what became of each key.
-        self.capabilities: Capabilities | None = None
         self.state: BackendState | None = None
         self.restart_outcomes: dict[str, Outcome] = {}
         self.live_outcomes: dict[str, Outcome] = {}
@@ -322,15 +321,12 @@ class Controller:
             return
         self._last_read = now
         try:
-            caps = await self.backend.capabilities()
             state = await self.backend.read_back()
         except ActuatorError as exc:
             # One failed read is a blip; after a few in a row nothing is known of it any
             # more, and the report says so (not_applied: unknown) instead of going stale.
             self._read_failures += 1
             log.warning("backend unreadable (%d in a row): %s", self._read_failures, exc)
-            if self._read_failures >= READ_FAILURES_UNKNOWN:
-                self.capabilities = None
             return
         self._read_failures = 0
         previous = self.state
@@ -340,7 +336,7 @@ class Controller:
             self.client_changed_at = now
             self.event("client_changed_backend", model_before=previous.model,
                        model_after=state.model)
-        self.capabilities, self.state = caps, state
+        self.state = state
         if state.settings.get("ctx_size"):
             self.metrics.ctx_size.set(state.settings["ctx_size"])
 
@@ -379,6 +375,14 @@ class Controller:
                 else:
                     self._live_waiters.append((version, future))
 
+    @property
+    def capabilities(self) -> Capabilities | None:
+        """What the backend can apply, as last read; None once it has been unreadable
+        a few times in a row (nothing is known of it any more)."""
+        if self.state is None or self._read_failures >= READ_FAILURES_UNKNOWN:
+            return None
+        return self.state.capabilities
+
     def _in_effect(self) -> BackendSettings:
         state = self.state
         known = dict(state.settings) if state is not None else {}
@@ -402,17 +406,18 @@ class Controller:
             in_place=in_place)
 
     def _decide(self, sample: SystemSample, forced: bool) -> None:
-        if self.capabilities is None or self.state is None or self.plane.snapshot.passthrough:
+        caps, state = self.capabilities, self.state
+        if caps is None or state is None or self.plane.snapshot.passthrough:
             return
         current = self.snapshots.current
         in_effect = self._in_effect()
         user_asked, self._user_asked = self._user_asked, frozenset()
         decision = self.decide_fn(in_effect, current.policy, self.evidence(sample),
-                                  self._costs(), model_max=self.state.max_ctx,
+                                  self._costs(), model_max=state.max_ctx,
                                   user_asked=user_asked, settings=self.settings.decisions)
         self.last_decision = decision
         changes = [n for n in decision.changes(in_effect)
-                   if self.capabilities.setting_applicable(n)]
+                   if caps.setting_applicable(n)]
         self._note_declined(current.policy, decision, in_effect)
         if decision.settings != current.backend:
             snapshot = self.snapshots.publish(current.policy, decision.settings,
@@ -425,7 +430,7 @@ class Controller:
             return
         self.event("decision", version=self.snapshots.current.version, **decision.as_event())
         self._actuating = True
-        self._tasks.start(self._actuate(decision, self.state.model, tuple(changes)),
+        self._tasks.start(self._actuate(decision, state.model, tuple(changes)),
                           name="actuate")
 
     def _note_declined(self, policy: Policy, decision: Decision,
@@ -583,7 +588,7 @@ class Controller:
         snapshot = self.snapshots.current
         return policy_report.build(snapshot.policy, self.plane.snapshot.passthrough,
                                    self.capabilities, self.state, self.restart_outcomes,
-                                   self.live_outcomes, self.live_version, snapshot.version)
+                                   self.live_outcomes)
 
     def health(self) -> dict[str, Any]:
         snapshot = self.snapshots.current

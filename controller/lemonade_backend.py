@@ -193,12 +193,10 @@ class LemonadeBackend:
             raise ActuatorError(f"backend health unreadable: {type(exc).__name__} {exc}",
                                 rolled_back=False) from exc
 
-    async def capabilities(self) -> Capabilities:
-        return capabilities_of(await self.flavor(), self._unverifiable)
-
     async def read_back(self) -> BackendState:
         flavor = await self.flavor()
-        return BackendState(model=flavor.model_loaded, settings=read_settings(flavor),
+        return BackendState(capabilities_of(flavor, self._unverifiable),
+                            model=flavor.model_loaded, settings=read_settings(flavor),
                             max_ctx=flavor.max_ctx)
 
     def load_body(self, flavor: ServerFlavor, wanted: BackendSettings, model: str,

@@ -44,6 +44,7 @@ from inferos.proxy.data_plane import DataPlane
 log = logging.getLogger(__name__)
 ENGINE = "engine"
 LLAMACPP = "llamacpp"
+CONTROL_TOKEN_ENV = "INFEROS_ENGINE_CONTROL_TOKEN"
 RESTART_HOW = "blue/green restart, read back from the new process"
 
 
@@ -70,8 +71,7 @@ def managed_capabilities(kind: str) -> Capabilities:
 class ManagedBackend:
     def __init__(self, kind: str, launcher: Launcher, settings: BackendSettings, *,
                  live: Mapping[str, Any] | None = None, start_timeout_s: float = 300,
-                 drain_timeout_s: float = 600, preferred_port: int | None = None,
-                 control_token: str | None = None) -> None:
+                 drain_timeout_s: float = 600, preferred_port: int | None = None) -> None:
         self.name = kind
         self.kind = kind
         self.launcher = launcher
@@ -86,7 +86,7 @@ class ManagedBackend:
         self.switches = 0
         self.last_change_s: float | None = None
         self._client: httpx.AsyncClient | None = None
-        self.token = control_token or secrets.token_urlsafe(24)
+        self.token = secrets.token_urlsafe(24)
         self.engine = EngineControl("", self.token)
 
     @property
@@ -100,7 +100,12 @@ class ManagedBackend:
         return self.child.url
 
     def _launch(self, settings: BackendSettings, port: int) -> BackendChild:
-        return self.launcher(settings, self._live if self.kind == ENGINE else {}, port)
+        if self.kind != ENGINE:
+            return self.launcher(settings, {}, port)
+        child = self.launcher(settings, self._live, port)
+        # The engine's control API takes this token only: no other local process steers it.
+        child.env = {**child.env, CONTROL_TOKEN_ENV: self.token}
+        return child
 
     async def start(self) -> str:
         port = self.preferred_port
@@ -112,23 +117,21 @@ class ManagedBackend:
         self.engine.retarget(child.url)
         return child.url
 
-    async def capabilities(self) -> Capabilities:
-        return managed_capabilities(self.kind)
-
     async def _read(self, child: BackendChild) -> BackendState:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=5.0)
         if self.kind == LLAMACPP:
             settings = read_llamacpp_argv(child.cmdline())
             alias = child.argv[child.argv.index("--model_alias") + 1]
-            return BackendState(model=alias, settings=settings, max_ctx=None)
+            return BackendState(managed_capabilities(self.kind), model=alias,
+                                settings=settings, max_ctx=None)
         try:
             response = await self._client.get(child.url + "/api/v1/health")
             flavor = flavor_of(response.json())
         except (httpx.HTTPError, ValueError) as exc:
             raise ActuatorError(f"engine health unreadable: {exc}", rolled_back=False) from exc
-        return BackendState(model=flavor.model_loaded, settings=read_settings(flavor),
-                            max_ctx=flavor.max_ctx)
+        return BackendState(managed_capabilities(self.kind), model=flavor.model_loaded,
+                            settings=read_settings(flavor), max_ctx=flavor.max_ctx)
 
     async def read_back(self) -> BackendState:
         if self.child is None:

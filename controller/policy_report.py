@@ -49,8 +49,7 @@ def _static(key: str, value: Any, kind: str) -> Outcome:
 
 def build(policy: Policy, passthrough: bool, caps: Capabilities | None,
           state: BackendState | None, restart: Mapping[str, Outcome],
-          live: Mapping[str, Outcome], live_version: int | None, policy_version: int
-          ) -> dict[str, dict[str, Any]]:
+          live: Mapping[str, Outcome]) -> dict[str, dict[str, Any]]:
     flat = flatten(policy)
     out: dict[str, dict[str, Any]] = {}
     for key, value in flat.items():
@@ -78,7 +77,9 @@ def build(policy: Policy, passthrough: bool, caps: Capabilities | None,
             out[key] = Outcome(key, b.NOT_APPLICABLE, value, reason=capability.reason).as_dict()
         elif key in live:
             outcome = live[key]
-            if outcome.value != value or (live_version or 0) < policy_version:
+            # Decisions publish new versions without touching live keys: what counts is
+            # whether the value the engine acknowledged is the one asked for now.
+            if outcome.value != value:
                 outcome = Outcome(key, b.PENDING, value, outcome.in_effect, outcome.where,
                                   "sent to the engine; waiting for its acknowledgement")
             out[key] = outcome.as_dict()

@@ -129,6 +129,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("listen.admin", Address(), HostPort.parse(proxy_defaults.DEFAULT_ADMIN),
             "the agent API, health and metrics listener", env=("INFEROS_ADMIN",),
             flag="--admin"),
+    Setting("listen.admin_token", Text(max_length=256), None,
+            "when set, changing policy or run-context needs 'X-Inferos-Token: <token>'",
+            nullable=True, env=("INFEROS_ADMIN_TOKEN",)),
     Setting("upstream.url", Url(), None,
             "the backend (Lemonade or OpenAI-compatible); none: a Lemonade that answers on "
             "13305 or 8000, else the embedded engine", nullable=True,

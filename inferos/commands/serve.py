@@ -117,8 +117,6 @@ def _llamacpp_backend(config: Config) -> Backend:
 
 
 async def _engine_backend(config: Config) -> Backend:
-    import secrets
-
     from inferos.controller.backend_child import engine_launcher
     from inferos.controller.decisions import starting_settings
     from inferos.controller.managed_backend import ENGINE, ManagedBackend
@@ -133,19 +131,17 @@ async def _engine_backend(config: Config) -> Backend:
         folder = await asyncio.to_thread(ensure_prepared, name, precision, progress=_say)
         # The engine knows its models by name in the default precision; others by folder.
         model = name if precision == DEFAULT_PRECISION else str(folder)
-    # The engine's control API takes this token only: another local process cannot steer it.
-    token = secrets.token_urlsafe(24)
     policy = config.policy()
-    return ManagedBackend(ENGINE, engine_launcher(model, token), starting_settings(policy),
-                          live=live_keys(policy), preferred_port=ENGINE_PORT,
-                          control_token=token)
+    return ManagedBackend(ENGINE, engine_launcher(model), starting_settings(policy),
+                          live=live_keys(policy), preferred_port=ENGINE_PORT)
 
 
 async def _run_agent(config: Config, upstream: str, backend: Backend) -> int:
     from inferos.controller.agent import Agent
 
     agent = Agent(config.proxy_settings(upstream), config.policy(),
-                  config.controller_settings(), backend, profiles=config.profiles)
+                  config.controller_settings(), backend, profiles=config.profiles,
+                  admin_token=config.get("listen.admin_token"))
     await agent.start()
     proxy = agent.proxy
     mode = "passthrough" if proxy.data_plane.snapshot.passthrough else "observing"

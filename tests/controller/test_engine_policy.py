@@ -92,6 +92,12 @@ async def test_live_keys_reach_the_running_engine(agent: Agent) -> None:
     assert engine_policy["kv.recent_window"] == 128
     assert engine_policy["io.host_pool_bytes"] == 512 * 2**20
     assert (await backend.describe())["pid"] == pid  # live: no restart
+    # only the controller, which holds the engine's token, may steer it
+    from inferos.controller.backend import live_payload
+
+    stranger = httpx.post(backend.url + "/inferos/v1/policy", timeout=10,
+                          json=live_payload(live_keys(policy("safe")), 10**6))
+    assert stranger.status_code == 403
     # what the engine cannot apply is listed, with the reason
     assert keys["kv.cache_type"]["status"] == "not_applicable"
     assert keys["io.dml_pool_bytes"]["status"] == "not_applicable"
