@@ -72,7 +72,7 @@ async def main(switches: int) -> None:
             done = backend.switches + 1
             began = time.monotonic()
             agent.controller.set_policy(patch)
-            while backend.switches < done or agent.controller._actuating:
+            while backend.switches < done or agent.controller.actuating:
                 await asyncio.sleep(0.01)
             windows.append((began, time.monotonic()))
             await asyncio.sleep(2)

@@ -33,14 +33,14 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry
 
+from inferos.controller import agent_views, backend_stats, policy_report
 from inferos.controller import backend as b
-from inferos.controller import backend_stats, policy_report
 from inferos.controller.backend import ActuatorError, Backend, BackendState, Capabilities, Outcome
-from inferos.controller.cache_types import by_name
 from inferos.controller.controller_metrics import ControllerMetrics
 from inferos.controller.decisions import Costs, Decision, DecisionSettings, Evidence, decide
 from inferos.controller.evidence import gather
 from inferos.controller.failsafe import FailSafe, FailsafeSettings
+from inferos.controller.load_shedding import LoadShedder
 from inferos.controller.loops import ControlLoop
 from inferos.controller.policy import Policy, apply_patch, flatten
 from inferos.controller.request_stats import RequestStats
@@ -95,6 +95,7 @@ class Controller:
         self.metrics = ControllerMetrics(registry)
         self.telemetry = Telemetry(settings.telemetry_dir)
         self.failsafe = FailSafe(plane, settings.failsafe, registry, self.event)
+        self.shedder = LoadShedder(plane, self.metrics, self.event, settings.unshed_after_s)
         self.snapshots = SnapshotStore(PolicySnapshot(1, policy, BackendSettings(),
                                                       "initial policy"))
         self.metrics.policy_version.set(1)
@@ -117,7 +118,6 @@ class Controller:
         self._last_reconfigure = float("-inf")
         self._actuating = False
         self._live_dirty = True
-        self._normal_since: float | None = None
         self._last_backend_stats = float("-inf")
         self._last_read = float("-inf")
         self._read_failures = 0
@@ -299,7 +299,7 @@ class Controller:
             latest = await backend_stats.fetch(self._http, self.plane.upstream)
             self.metrics.backend.latest = latest
             self._watch_guard(latest)
-        self._shed(sample)
+        self.shedder.tick(sample)
         if self.backend is None or self._actuating:
             return
         if self._watch_backend():
@@ -374,6 +374,11 @@ class Controller:
                     future.set_result(None)
                 else:
                     self._live_waiters.append((version, future))
+
+    @property
+    def actuating(self) -> bool:
+        """True while a reconfiguration (or a restart of a died backend) runs."""
+        return self._actuating
 
     @property
     def capabilities(self) -> Capabilities | None:
@@ -511,122 +516,21 @@ class Controller:
                        delta_ppl_est=latest.delta_ppl_est)
         self._guard_promotions = promotions
 
-    def _shed(self, sample: SystemSample) -> None:
-        limit = self.plane.snapshot.limit
-        if sample.hot or sample.memory_pressure:
-            self._normal_since = None
-            if limit is None:
-                limit = max(1, self.plane.in_flight(generation=True) // 2)
-                self.plane.set_limit(limit)
-                self.metrics.load_shed.set(1)
-                self.metrics.concurrency_limit.set(limit)
-                self.event("shed", limit=limit, hot=sample.hot,
-                           memory_pressure=sample.memory_pressure,
-                           temperature_c=sample.temperature_c,
-                           host_mem_percent=sample.host_mem_percent)
-            return
-        if limit is None:
-            return
-        now = time.monotonic()
-        self._normal_since = self._normal_since or now
-        if now - self._normal_since >= self.settings.unshed_after_s:
-            self.plane.set_limit(None)
-            self.metrics.load_shed.set(0)
-            self.metrics.concurrency_limit.set(0)
-            self.event("unshed")
-
     def _telemetry(self) -> None:
         self.telemetry.metric(**self.metrics_fields())
 
-    # -- views ------------------------------------------------------------------------
+    # -- views (controller/agent_views.py) --------------------------------------------
     def delta_ppl_est(self) -> float | None:
-        """Measured, or null: the engine's own estimate over the KV it holds (per-level
-        calibration of this model), or a llama.cpp cache type's measured cost once the
-        backend reported that type in effect."""
-        caps = self.capabilities
-        if caps is None:
-            return None
-        if caps.kind == "engine":
-            return self.metrics.backend.latest.delta_ppl_est
-        state = self.state
-        cache_type = state.settings.get("cache_type") if state is not None else None
-        if not isinstance(cache_type, str):
-            return None
-        try:
-            return by_name(cache_type).delta_ppl
-        except KeyError:
-            return None
+        return agent_views.delta_ppl_est(self)
 
     def metrics_fields(self) -> dict[str, Any]:
-        overall = self.stats.overall()
-        last = self.contexts[-1] if self.contexts else None
-        sample = self.last_sample
-        kv = self.metrics.backend.latest.kv_tokens
-        return {
-            "t": time.time(), "model": last.model if last else None,
-            "seq_len": last.seq_len if last else None,
-            "batch": self.plane.in_flight(generation=True),
-            "tps": overall.tps, "ftl": overall.ttft_p50_ms, "p95": overall.ttft_p95_ms,
-            "vram": None, "host_mem": round(sample.host_mem_used_gb, 3) if sample else None,
-            "npu_util": None, "igpu_util": None,
-            **{f"kv_{level}": kv.get(level) for level in backend_stats.LEVELS},
-            "delta_ppl_est": self.delta_ppl_est(),
-        }
+        return agent_views.metrics_fields(self)
 
     def agent_metrics(self) -> dict[str, Any]:
-        f = self.metrics_fields()
-        sample = self.last_sample
-        return {
-            "tps": f["tps"], "ftl_ms": f["ftl"], "p95_ms": f["p95"],
-            "mem": {"vram_gb": None, "host_gb": f["host_mem"],
-                    "kv_levels": {level: f[f"kv_{level}"] for level in backend_stats.LEVELS}},
-            "util": {"npu": None, "igpu": None, "cpu": sample.cpu_percent if sample else None},
-            "quality": {"delta_ppl_est": f["delta_ppl_est"], "spec_accept": None},
-        }
+        return agent_views.agent_metrics(self)
 
     def policy_status(self) -> dict[str, dict[str, Any]]:
-        snapshot = self.snapshots.current
-        return policy_report.build(snapshot.policy, self.plane.snapshot.passthrough,
-                                   self.capabilities, self.state, self.restart_outcomes,
-                                   self.live_outcomes)
+        return agent_views.policy_status(self)
 
     def health(self) -> dict[str, Any]:
-        snapshot = self.snapshots.current
-        minute = self.stats.overall(60.0)
-        caps, state = self.capabilities, self.state
-        decision = self.last_decision
-        return {
-            "last_minute": {"requests": minute.requests, "errors": minute.errors,
-                            "ttft_p50_ms": minute.ttft_p50_ms, "ttft_p95_ms": minute.ttft_p95_ms,
-                            "tps": minute.tps},
-            "policy_version": snapshot.version,
-            "policy": snapshot.policy.to_dict(),
-            "policy_status": self.policy_status(),
-            # What the backend reported back, not what was asked of it.
-            "backend_settings": dict(state.settings) if state is not None else {},
-            "backend": {
-                "kind": caps.kind if caps else None, "version": caps.version if caps else None,
-                "model": state.model if state else None,
-                "max_ctx": state.max_ctx if state else None,
-                "wanted": snapshot.backend.as_dict(),
-                "client_changed_s_ago": None if self.client_changed_at is None
-                else round(time.monotonic() - self.client_changed_at, 1),
-                "last_decision": decision.as_event() if decision else None,
-            },
-            "controller": {
-                "heartbeat_age_ms": round((time.monotonic() - self.failsafe.heartbeat_at)
-                                          * 1000, 1),
-                "failsafe_trips": self.failsafe.trips,
-                "last_fault_to_passthrough_ms": None if self.failsafe.last_trip_latency_s
-                is None else round(self.failsafe.last_trip_latency_s * 1000, 3),
-                "loops": {lp.name: {"period_ms": lp.period_s * 1000, "ticks": lp.ticks,
-                                    "errors": lp.errors,
-                                    "last_jitter_ms": round(lp.last_jitter_s * 1000, 3)}
-                          for lp in self.loops},
-                "run_contexts": len(self.contexts),
-                "facts_dropped": self.facts_dropped + self.plane.facts.dropped,
-                "concurrency_limit": self.plane.snapshot.limit,
-                "backend": self.backend.name if self.backend is not None else None,
-                "actuating": self._actuating,
-            },
-        }
+        return agent_views.health(self)

@@ -44,7 +44,7 @@ async def _pin_ctx_under_load(agent: Agent, ctx_size: int, switched) -> list[int
     try:
         await _until(lambda: len(results) >= 2)
         agent.controller.set_policy({"backend": {"ctx_size": ctx_size}})
-        await _until(lambda: switched() and not agent.controller._actuating)
+        await _until(lambda: switched() and not agent.controller.actuating)
         before = len(results)
         await _until(lambda: len(results) >= before + 2)  # served after the switch too
     finally:

@@ -56,7 +56,7 @@ async def test_policy_change_reaches_the_backend_with_zero_failed_requests(
         assert answer["keys"]["kv.recent_window"]["status"] == "not_applicable"
         assert "llama.cpp" in answer["keys"]["kv.recent_window"]["reason"]
         for _ in range(600):
-            if backend.switches >= 1 and not agent.controller._actuating:
+            if backend.switches >= 1 and not agent.controller.actuating:
                 break
             await asyncio.sleep(0.1)
         before = len(results)
