@@ -14,7 +14,7 @@ guard promotes: the most important blocks that ``decide_level`` would demote sta
 passes it (the budget was lowered, or the byte budget forced demotions), nothing goes
 lower. Quantized data cannot be made exact again short of a recompute, so "back toward
 L0" never moves a quantized chunk up: that would cost memory and restore nothing (see
-kvstore/store.py). The byte budget stays a hard limit and may still demote past the
+kvstore/leveling.py). The byte budget stays a hard limit and may still demote past the
 quality budget; the estimate then says so.
 
 ``promotions`` counts the rounds in which the guard overrode ``decide_level``; the first

@@ -22,6 +22,8 @@ parked (``releveled_version`` says to which version it has). ``kv.allow_evict`` 
 once per generation: a generation never sees half a change. ``EngineOptions``'
 ``host_pool_bytes`` and ``kv_allow_evict`` are the start values of a model loaded alone.
 
+``stats()`` is assembled in engine/runtime_stats.py.
+
 Everything here runs on one thread at a time (the server's ``ModelSlot`` worker): the
 session and the pool are not shared between concurrent generations.
 """
@@ -29,7 +31,6 @@ session and the pool are not shared between concurrent generations.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -48,6 +49,7 @@ from inferos.engine.kv_buffers import KvBuffer, KvPool, KvShape
 from inferos.engine.policy_ack import EngineFacts
 from inferos.engine.prefix_cache import PrefixCache
 from inferos.engine.quality_guard import QualityGuard
+from inferos.engine.runtime_stats import NO_PARKED_KV, model_stats
 from inferos.engine.sampling import next_token
 from inferos.errors import ModelError
 from inferos.kvstore.rotary import measured_frequencies
@@ -62,7 +64,6 @@ GRAPH_OPTIMIZATIONS = {
 }
 PREFILL_CHUNK = 256
 ACCOUNT_EVERY = 32
-NO_PARKED_KV = "the prefix cache is off (--no-prefix-cache): no KV is parked"
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "DmlExecutionProvider", "CPUExecutionProvider")
 
 
@@ -464,44 +465,8 @@ class LoadedModel:
 
     # -- accounting -------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        c = self.counters
-        pool: dict[str, Any] = dict(self.pool.stats())
-        pool["cached_tokens"] = self.pool.cached_tokens()
-        cache = self.prefix_cache
-        evicted = self.evictor.evicted_tokens if self.evictor is not None else 0
-        levels = cache.kv_levels() if cache is not None else {
-            level: {"tokens": 0, "bytes": 0} for level in ("L0", "L1", "L2", "L3")}
-        levels["L3"]["tokens"] += evicted  # L3 also counts tokens evicted inside a context
-        return {
-            "engine": {"model": self.name, "provider": self.provider,
-                       "ctx_size": self.ctx_size, "threads": self.options.threads,
-                       "generations": c.generations, "prompt_tokens": c.prompt_tokens,
-                       "generated_tokens": c.generated_tokens,
-                       "prefill_seconds": round(c.prefill_s, 3),
-                       "decode_seconds": round(c.decode_s, 3),
-                       "pid": os.getpid()},
-            "kv_copy": {"runs": c.runs, "checked_runs": c.checked_runs, "copies": c.kv_copies,
-                        "bytes": c.kv_bytes_copied,
-                        "bytes_in_place": c.kv_bytes_in_place,
-                        "bytes_per_generation": c.kv_bytes_copied // max(c.generations, 1)},
-            "kv_pool": pool,
-            # The prefix cache's store; the pool's free buffer is in kv_pool.
-            "kv_levels": levels,
-            "prefix_cache": {"enabled": cache is not None,
-                             "hits": c.prefix_hits, "misses": c.prefix_misses,
-                             "reused_tokens": c.reused_tokens},
-            "kv_store": cache.stats() if cache is not None else None,
-            "context_eviction": {"enabled": self.allow_evict,
-                                 "available": self.evictor is not None,
-                                 "reason": self.no_eviction,
-                                 "evictions": self.evictor.evictions if self.evictor else 0,
-                                 "evicted_tokens": evicted},
-            "quality": cache.guard.stats() if cache is not None else {
-                "delta_ppl_est": None, "calibrated": False,
-                "guard": {"max_delta_ppl": self.policy.max_delta_ppl, "promotions": 0,
-                          "last_promotion_at": None, "held_blocks": 0, "can_act": False,
-                          "reason": NO_PARKED_KV}},
-        }
+        """Counters, pool, store and guard as JSON (engine/runtime_stats.py)."""
+        return model_stats(self)
 
     def facts(self) -> EngineFacts:
         """What decides which policy keys apply to this model (engine/policy_ack.py)."""

@@ -9,7 +9,8 @@ Numpy and the standard library only; the engine imports this, never the reverse.
     chunk.py         ``KvChunk``: one layer/head/token range of K and V, level moves
     spill.py         L3 spill files (compressed, read back bit for bit)
     prefix_index.py  chained block hashes of token ids
-    store.py         ``KvStore``: prefix reuse, budget, policy, accounting
+    store.py         ``KvStore``: prefix reuse, per-chunk moves, accounting
+    leveling.py      ``KvStore``'s policy and byte budget: demotion rounds, quality budget
     accounting.py    bytes per level; FP16/INT8/INT4/mixed figures for a model
     rotary.py        moving kept keys to compacted positions after eviction
 """
