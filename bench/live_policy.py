@@ -47,6 +47,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.backends import wait_until_up  # noqa: E402
+
 MODEL = "smollm2-135m-instruct"
 POLICY = "/inferos/v1/policy"
 TARGET_MS = 100.0
@@ -72,17 +74,7 @@ def engine(threads: int | None) -> Iterator[str]:
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"the engine exited with {process.returncode}:\n"
-                                 + Path(log.name).read_text(errors="replace")[-2000:])
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/api/v1/live", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit("the engine did not come up in 180 s")
-            time.sleep(0.2)
+        wait_until_up(url + "/api/v1/live", process, Path(log.name), deadline_s=180)
         yield url
     finally:
         process.terminate()

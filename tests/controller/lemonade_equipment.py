@@ -22,6 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.local_server import serve_on_free_port
+
 
 class EquipmentLemonade:
     def __init__(self, flavor: str = "cpp", *, model: str = "Qwen2.5-0.5B-Instruct-GGUF",
@@ -52,12 +54,7 @@ class EquipmentLemonade:
         self.url = ""
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self._runner, self.url = await serve_on_free_port(self.app)
 
     async def stop(self) -> None:
         self.release.set()

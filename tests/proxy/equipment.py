@@ -13,6 +13,8 @@ import gzip
 
 from aiohttp import WSMsgType, web
 
+from tests.local_server import serve_on_free_port
+
 # A stream with everything a relay must keep byte for byte: an event: line, a comment,
 # CRLF and LF line ends, a UTF-8 character split across chunks, an in-band error, [DONE].
 FIXED_SSE_PIECES: tuple[bytes, ...] = (
@@ -52,12 +54,7 @@ class EquipmentUpstream:
         self.url = ""
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self._runner, self.url = await serve_on_free_port(self.app)
 
     async def stop(self) -> None:
         if self._runner is not None:
