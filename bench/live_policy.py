@@ -97,7 +97,9 @@ def policy(version: int) -> dict[str, Any]:
                "allow_evict": False},
         "io": {"host_pool_bytes": 4096 * 2**20},
         "quality": {"max_delta_ppl": 0.5, "min_accept_rate": 0.5},
-        "scheduler": {"mode": "cpu_only", "prefill_device": "cpu", "decode_device": "cpu"},
+        "scheduler": {"mode": "cpu_only", "prefill_device": "cpu", "decode_device": "cpu",
+                      "max_batch": 8, "max_queue": 32, "tpot_budget_ms": 100.0},
+        "speculation": {"enabled": True, "max_draft": 8},
     }
 
 

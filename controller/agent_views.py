@@ -33,6 +33,19 @@ def delta_ppl_est(controller: Controller) -> float | None:
     except KeyError:
         return None
 
+def spec_accept(controller: Controller) -> float | None:
+    """Measured, or null: the share of speculative drafts accepted. The engine's own
+    count (every sequence since it started) when it reports speculation, null while it
+    has drafted nothing; for a backend with no such report, the requests of the last
+    window whose timings counted drafts (llama.cpp's ``draft_n``, when its server was
+    started speculating); null when none did, as for Lemonade and a llama.cpp server
+    that does not speculate."""
+    scheduler = controller.metrics.backend.latest.scheduler
+    if scheduler is not None and scheduler.speculation is not None:
+        return scheduler.speculation.accept_rate
+    return controller.stats.overall().spec_accept
+
+
 def metrics_fields(controller: Controller) -> dict[str, Any]:
     overall = controller.stats.overall()
     last = controller.contexts[-1] if controller.contexts else None
@@ -46,7 +59,7 @@ def metrics_fields(controller: Controller) -> dict[str, Any]:
         "vram": None, "host_mem": round(sample.host_mem_used_gb, 3) if sample else None,
         "npu_util": None, "igpu_util": None,
         **{f"kv_{level}": kv.get(level) for level in backend_stats.LEVELS},
-        "delta_ppl_est": controller.delta_ppl_est(),
+        "delta_ppl_est": controller.delta_ppl_est(), "spec_accept": spec_accept(controller),
     }
 
 def agent_metrics(controller: Controller) -> dict[str, Any]:
@@ -57,24 +70,27 @@ def agent_metrics(controller: Controller) -> dict[str, Any]:
         "mem": {"vram_gb": None, "host_gb": f["host_mem"],
                 "kv_levels": {level: f[f"kv_{level}"] for level in backend_stats.LEVELS}},
         "util": {"npu": None, "igpu": None, "cpu": sample.cpu_percent if sample else None},
-        "quality": {"delta_ppl_est": f["delta_ppl_est"], "spec_accept": None},
+        "quality": {"delta_ppl_est": f["delta_ppl_est"], "spec_accept": f["spec_accept"]},
     }
 
 def policy_status(controller: Controller) -> dict[str, dict[str, Any]]:
     snapshot = controller.snapshots.current
     return policy_report.build(snapshot.policy, controller.plane.snapshot.passthrough,
                                controller.capabilities, controller.state,
-                               controller.restart_outcomes, controller.live_outcomes)
+                               controller.restart_outcomes, controller.live_outcomes,
+                               snapshot.mode_switch)
 
 def health(controller: Controller) -> dict[str, Any]:
     snapshot = controller.snapshots.current
     minute = controller.stats.overall(60.0)
     caps, state = controller.capabilities, controller.state
     decision = controller.last_decision
+    scheduler = controller.metrics.backend.latest.scheduler
+    mode = controller.modes.last
     return {
         "last_minute": {"requests": minute.requests, "errors": minute.errors,
                         "ttft_p50_ms": minute.ttft_p50_ms, "ttft_p95_ms": minute.ttft_p95_ms,
-                        "tps": minute.tps},
+                        "tps": minute.tps, "spec_accept": minute.spec_accept},
         "policy_version": snapshot.version,
         "policy": snapshot.policy.to_dict(),
         "policy_status": controller.policy_status(),
@@ -88,6 +104,15 @@ def health(controller: Controller) -> dict[str, Any]:
             "client_changed_s_ago": None if controller.client_changed_at is None
             else round(time.monotonic() - controller.client_changed_at, 1),
             "last_decision": decision.as_event() if decision else None,
+        },
+        # The engine's scheduler as it reports itself (placement: where prefill and
+        # decode run, and whether that fell back from what was asked, and why); null for
+        # a backend with none. mode_switch: a mode the controller runs instead of the
+        # policy's, while a queue or heat lasts.
+        "scheduler": {
+            "engine": scheduler.as_dict() if scheduler is not None else None,
+            "mode_switch": snapshot.mode_switch.as_dict() if snapshot.mode_switch else None,
+            "last_mode_decision": mode.as_event() if mode is not None else None,
         },
         "controller": {
             "heartbeat_age_ms": round((time.monotonic() - controller.failsafe.heartbeat_at)

@@ -38,18 +38,26 @@ NOT_APPLICABLE = "not_applicable"
 PENDING = "pending"
 
 # The policy keys that become backend settings needing a reload or a new process; the
-# rest of a backend's keys (KV window, thresholds, pools, guard, scheduler) are live.
+# rest of a backend's keys (KV window, thresholds, pools, guard, scheduler, speculation)
+# are live.
 RESTART_KEYS = {
     "backend.ctx_size": "ctx_size",
     "kv.cache_type": "cache_type",
     "backend.threads": "threads",
     "backend.provider": "provider",
 }
+# Live keys of the embedded engine's scheduler alone (batching, queue, time-per-token
+# budget, speculation): the other kinds say why they have no such control.
+SCHEDULING_KEYS = (
+    "scheduler.max_batch", "scheduler.max_queue", "scheduler.tpot_budget_ms",
+    "speculation.enabled", "speculation.max_draft",
+)
 LIVE_KEYS = (
     "kv.recent_window", "kv.sink_tokens", "kv.level_thresholds.L1_int8",
     "kv.level_thresholds.L2_int4", "kv.level_thresholds.L3_evict", "kv.allow_evict",
     "io.host_pool_bytes", "quality.max_delta_ppl", "quality.min_accept_rate",
     "scheduler.mode", "scheduler.prefill_device", "scheduler.decode_device",
+    *SCHEDULING_KEYS,
 )
 
 
@@ -172,7 +180,12 @@ def live_payload(live: Mapping[str, Any], version: int) -> dict[str, Any]:
                     "min_accept_rate": get("quality.min_accept_rate")},
         "scheduler": {"mode": get("scheduler.mode"),
                       "prefill_device": get("scheduler.prefill_device"),
-                      "decode_device": get("scheduler.decode_device")},
+                      "decode_device": get("scheduler.decode_device"),
+                      "max_batch": get("scheduler.max_batch"),
+                      "max_queue": get("scheduler.max_queue"),
+                      "tpot_budget_ms": get("scheduler.tpot_budget_ms")},
+        "speculation": {"enabled": get("speculation.enabled"),
+                        "max_draft": get("speculation.max_draft")},
     }
 
 

@@ -1,8 +1,10 @@
 """A backend server process that Infer-OS runs itself, and the launchers that build one
-from ``BackendSettings``: the embedded engine, or llama.cpp's OpenAI server.
+from ``BackendSettings``: the embedded engine, or a llama.cpp OpenAI server — llama.cpp's
+own ``llama-server`` where ``scripts/build-llama-server.sh`` built it (what Lemonade's
+llamacpp recipe runs), else llama-cpp-python's server.
 
 The argv is the whole truth about a managed backend's configuration: tests read it back
-(``describe``) to see that a policy change reached the process.
+(``describe``), and ``read_llamacpp_argv`` reads either server's command line.
 """
 
 from __future__ import annotations
@@ -15,19 +17,24 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 import httpx
 import psutil
 
 from inferos.controller.cache_types import CACHE_TYPES, by_name
+from inferos.controller.llama_server import LlamaServerBinary, find_llama_server
 from inferos.controller.snapshot import BackendSettings
 from inferos.errors import InferOSError
 
 HOST = "127.0.0.1"
 STOP_GRACE_S = 15.0
-# llama-cpp-python's own default context when none is given to it.
+# llama-cpp-python's own default context when none is given to it (llama-server's too).
 LLAMACPP_DEFAULT_CTX = 4096
+# llama-server's slots: continuous batching over this many requests at once, where
+# llama-cpp-python's server runs one (RUNTIME_FACTS: 103 tok/s at 1 stream, 242 at 8).
+LLAMA_SERVER_SLOTS = 8
 
 
 class BackendStartError(InferOSError):
@@ -55,6 +62,7 @@ class BackendChild:
     port: int
     health_path: str
     env: Mapping[str, str] = field(default_factory=dict)
+    server: str = ""  # which server runs, for people: "llama-cpp-python 0.3.36"
     process: asyncio.subprocess.Process | None = None
 
     @property
@@ -81,7 +89,7 @@ class BackendChild:
         async with httpx.AsyncClient(timeout=2.0) as client:
             while time.monotonic() < deadline:
                 if self.process.returncode is not None:
-                    raise BackendStartError(f"{self.argv[2]} exited with code "
+                    raise BackendStartError(f"{self.server or self.argv[0]} exited with code "
                                             f"{self.process.returncode} while starting")
                 with contextlib.suppress(httpx.HTTPError):
                     if ((await client.get(self.url + self.health_path)).status_code == 200
@@ -153,11 +161,39 @@ def engine_launcher(model: str) -> Launcher:
                      "--host-pool-bytes", str(live["io.host_pool_bytes"])]
             if live["kv.allow_evict"]:
                 argv.append("--kv-allow-evict")
-        return BackendChild(argv, port, "/api/v1/health")
+        return BackendChild(argv, port, "/api/v1/health", server="inferos engine")
     return launch
 
 
-def llamacpp_launcher(gguf: str, alias: str) -> Launcher:
+def llamacpp_launcher(gguf: str, alias: str, *, slots: int = LLAMA_SERVER_SLOTS) -> Launcher:
+    """llama.cpp's own server where it is built, else llama-cpp-python's (one slot)."""
+    binary = find_llama_server()
+    if binary is None:
+        return llama_cpp_python_launcher(gguf, alias)
+    return llama_server_launcher(binary, gguf, alias, slots=slots)
+
+
+def llama_server_launcher(binary: LlamaServerBinary, gguf: str, alias: str, *,
+                          slots: int = LLAMA_SERVER_SLOTS) -> Launcher:
+    def launch(settings: BackendSettings, live: Mapping[str, Any], port: int) -> BackendChild:
+        cache_type = by_name(settings.cache_type).name
+        argv = [str(binary.path), "-m", gguf, "--host", HOST, "--port", str(port),
+                "--alias", alias, "-c", str(settings.ctx_size or LLAMACPP_DEFAULT_CTX),
+                # One KV pool shared by the slots, so one request may use all of -c as on
+                # llama-cpp-python; without it each slot gets -c / -np. (llama-server does
+                # the same itself when it picks the slot count.)
+                "-np", str(slots), "--kv-unified",
+                "--cache-type-k", cache_type, "--cache-type-v", cache_type,
+                "-fa", "on" if settings.flash_attn else "off"]
+        if settings.threads:
+            argv += ["-t", str(settings.threads)]
+        return BackendChild(argv, port, "/health", server=binary.describe())
+    return launch
+
+
+def llama_cpp_python_launcher(gguf: str, alias: str) -> Launcher:
+    server = f"llama-cpp-python {_installed('llama-cpp-python')}"
+
     def launch(settings: BackendSettings, live: Mapping[str, Any], port: int) -> BackendChild:
         argv = [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", HOST,
                 "--port", str(port), "--model_alias", alias,
@@ -168,24 +204,65 @@ def llamacpp_launcher(gguf: str, alias: str) -> Launcher:
                 "--flash_attn", "true" if settings.flash_attn else "false"]
         if settings.threads:
             argv += ["--n_threads", str(settings.threads)]
-        return BackendChild(argv, port, "/v1/models")
+        return BackendChild(argv, port, "/v1/models", server=server)
     return launch
 
 
+def _installed(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+# Each setting's flags on both command lines: llama-cpp-python's server's first, then
+# llama-server's (long and short).
+_CTX_FLAGS = ("--n_ctx", "--ctx-size", "-c")
+_THREADS_FLAGS = ("--n_threads", "--threads", "-t")
+_ALIAS_FLAGS = ("--model_alias", "--alias", "-a")
+# K then V: llama-cpp-python's take a ggml type id, llama-server's a type name.
+_TYPE_FLAGS = ((("--type_k",), ("--cache-type-k", "-ctk")),
+               (("--type_v",), ("--cache-type-v", "-ctv")))
+_FLASH_FLAGS = ("--flash_attn", "--flash-attn", "-fa")
+
+
+def _value(argv: list[str], flags: tuple[str, ...]) -> str | None:
+    for flag in flags:
+        if flag in argv[:-1]:
+            return argv[argv.index(flag) + 1]
+    return None
+
+
+def _cache_type(argv: list[str], id_flags: tuple[str, ...],
+                name_flags: tuple[str, ...]) -> str | None:
+    ggml_id = _value(argv, id_flags)
+    if ggml_id is not None and ggml_id.isdigit():
+        return next((c.name for c in CACHE_TYPES if c.ggml_id == int(ggml_id)),
+                    f"ggml type {ggml_id}")
+    return _value(argv, name_flags)
+
+
+def llamacpp_alias(argv: list[str]) -> str | None:
+    """The model name a llama.cpp server process answers to, from its command line."""
+    return _value(argv, _ALIAS_FLAGS)
+
+
 def read_llamacpp_argv(argv: list[str]) -> dict[str, Any]:
-    """The settings a llama-cpp-python server process was started with, from its own
-    command line (that server has no /props to read them from)."""
+    """The settings a llama.cpp server process was started with, from its own command
+    line: llama-cpp-python's server (which has no /props to read them from) or
+    llama-server (read the same way, so both are verified alike)."""
     out: dict[str, Any] = {}
-
-    def value(flag: str) -> str | None:
-        return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
-
-    if (n_ctx := value("--n_ctx")) is not None and n_ctx.isdigit():
+    if (n_ctx := _value(argv, _CTX_FLAGS)) is not None and n_ctx.isdigit():
         out["ctx_size"] = int(n_ctx)
-    type_k = value("--type_k")
-    if type_k is not None and type_k.isdigit():
-        out["cache_type"] = next((c.name for c in CACHE_TYPES if c.ggml_id == int(type_k)),
-                                 f"ggml type {type_k}")
-    if (threads := value("--n_threads")) is not None and threads.isdigit():
+    k, v = (_cache_type(argv, *flags) for flags in _TYPE_FLAGS)
+    if k is not None:
+        # One name for both, as BackendSettings has; K and V apart match no table type.
+        out["cache_type"] = k if v in (None, k) else f"K {k}, V {v}"
+    flash = _value(argv, _FLASH_FLAGS)
+    if flash in ("true", "on"):
+        out["flash_attn"] = True
+    elif flash in ("false", "off"):
+        out["flash_attn"] = False
+    if (threads := _value(argv, _THREADS_FLAGS)) is not None and threads.isdigit():
         out["threads"] = int(threads)
     return out

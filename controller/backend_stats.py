@@ -1,13 +1,19 @@
-"""The backend's own live state (KV-cache levels, prefix-cache hits), read from its
-``/api/v1/stats`` and exposed at scrape time by a custom Prometheus collector.
+"""The backend's own live state (KV-cache levels, prefix-cache hits, its scheduler), read
+from its ``/api/v1/stats`` and exposed at scrape time by a custom Prometheus collector.
 
-The embedded engine reports ``kv_levels: {"L0": {"tokens", "bytes"}, ... "L3": ...}`` and
-``prefix_cache: {"hits", "misses"}``; Lemonade and llama.cpp report neither, so these
-series are simply absent for them (and ``/v1/metrics`` shows null), never invented.
+The embedded engine reports ``kv_levels: {"L0": {"tokens", "bytes"}, ... "L3": ...}``,
+``prefix_cache: {"hits", "misses"}`` and ``scheduler: {"queue_depth", "queue_wait_ms_p50",
+"batch_occupancy", "max_batch", "prefill_chunks", "prefill_chunk_tokens", "speculation":
+{"drafted", "accepted", "accept_rate", "sequences_stopped", "enabled"}, "placement":
+{"fell_back", "reason", "prefill_provider", "decode_provider"}}`` (counts since the engine
+started); Lemonade and llama.cpp report none of them, so these series are simply absent for
+them (and ``/v1/metrics`` shows null), never invented. Every field is read defensively: one
+missing or of the wrong type is None, the rest still counts.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +26,118 @@ from inferos.kvstore.levels import Level  # the one table of KV levels
 
 LEVELS = tuple(level.name for level in Level)
 STATS_PATH = "/api/v1/stats"
+SYSTEM_INFO_PATH = "/api/v1/system-info"
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _count(value: Any) -> int | None:
+    """A counter: a whole number, never negative."""
+    number = _int(value)
+    return number if number is not None and number >= 0 else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where the engine runs prefill and decode, and whether that is not what was asked."""
+
+    fell_back: bool
+    reason: str | None
+    prefill_provider: str | None
+    decode_provider: str | None
+
+    @classmethod
+    def parse(cls, body: Any) -> Placement | None:
+        if not isinstance(body, dict) or not isinstance(body.get("fell_back"), bool):
+            return None
+        return cls(body["fell_back"], _text(body.get("reason")),
+                   _text(body.get("prefill_provider")), _text(body.get("decode_provider")))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"fell_back": self.fell_back, "reason": self.reason,
+                "prefill_provider": self.prefill_provider,
+                "decode_provider": self.decode_provider}
+
+
+@dataclass(frozen=True, slots=True)
+class Speculation:
+    """The engine's prompt-lookup speculation: tokens drafted and accepted since it started."""
+
+    drafted: int | None = None
+    accepted: int | None = None
+    reported_rate: float | None = None  # the engine's own ``accept_rate``
+    sequences_stopped: int | None = None  # turned off by quality.min_accept_rate
+    enabled: bool | None = None
+
+    @classmethod
+    def parse(cls, body: Any) -> Speculation | None:
+        if not isinstance(body, dict):
+            return None
+        enabled = body.get("enabled")
+        return cls(_count(body.get("drafted")), _count(body.get("accepted")),
+                   _number(body.get("accept_rate")), _count(body.get("sequences_stopped")),
+                   enabled if isinstance(enabled, bool) else None)
+
+    @property
+    def accept_rate(self) -> float | None:
+        """accepted / drafted, from the counts when both are there (the engine rounds its
+        own), else its reported rate; None when nothing was drafted, and when the figures
+        cannot be a share (more accepted than drafted)."""
+        if self.drafted is not None and self.accepted is not None:
+            if self.drafted == 0 or self.accepted > self.drafted:
+                return None
+            return self.accepted / self.drafted
+        rate = self.reported_rate
+        return rate if rate is not None and 0.0 <= rate <= 1.0 else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"drafted": self.drafted, "accepted": self.accepted,
+                "accept_rate": self.accept_rate, "sequences_stopped": self.sequences_stopped,
+                "enabled": self.enabled}
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStats:
+    """The engine's batching scheduler as it reports itself (None: not reported)."""
+
+    queue_depth: int | None = None
+    queue_wait_ms_p50: float | None = None
+    batch_occupancy: float | None = None  # rows per decode step, mean since start
+    max_batch: int | None = None
+    placement: Placement | None = None
+    prefill_chunks: int | None = None
+    prefill_chunk_tokens: int | None = None
+    speculation: Speculation | None = None  # None: the engine reported no speculation
+
+    @classmethod
+    def parse(cls, body: Any) -> SchedulerStats | None:
+        if not isinstance(body, dict):
+            return None
+        return cls(_int(body.get("queue_depth")), _number(body.get("queue_wait_ms_p50")),
+                   _number(body.get("batch_occupancy")), _int(body.get("max_batch")),
+                   Placement.parse(body.get("placement")), _count(body.get("prefill_chunks")),
+                   _count(body.get("prefill_chunk_tokens")),
+                   Speculation.parse(body.get("speculation")))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"queue_depth": self.queue_depth, "queue_wait_ms_p50": self.queue_wait_ms_p50,
+                "batch_occupancy": self.batch_occupancy, "max_batch": self.max_batch,
+                "prefill_chunks": self.prefill_chunks,
+                "prefill_chunk_tokens": self.prefill_chunk_tokens,
+                "speculation": self.speculation.as_dict() if self.speculation else None,
+                "placement": self.placement.as_dict() if self.placement else None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +150,7 @@ class BackendStats:
     # calibration of its model, weighted by tokens held), and its quality guard's count.
     delta_ppl_est: float | None = None
     guard_promotions: int | None = None
+    scheduler: SchedulerStats | None = None  # None: the backend has no such scheduler
 
     @classmethod
     def parse(cls, body: Any) -> BackendStats:
@@ -62,7 +181,8 @@ class BackendStats:
             guard = quality.get("guard")
             if isinstance(guard, dict) and isinstance(guard.get("promotions"), int):
                 promotions = guard["promotions"]
-        return cls(tokens, sizes, hits, misses, estimate, promotions)
+        return cls(tokens, sizes, hits, misses, estimate, promotions,
+                   SchedulerStats.parse(body.get("scheduler")))
 
 
 class BackendStatsCollector(Collector):
@@ -99,6 +219,50 @@ class BackendStatsCollector(Collector):
                                     "Estimated perplexity increase of the KV the backend "
                                     "holds (measured per-level calibration)",
                                     stats.delta_ppl_est)
+        if stats.scheduler is not None:
+            yield from _scheduler_series(stats.scheduler)
+
+
+def _scheduler_series(scheduler: SchedulerStats) -> Iterator[Metric]:
+    """The engine's scheduler and speculation; a figure it did not report is absent."""
+    gauges: list[tuple[str, str, float | None]] = [
+        ("inferos_scheduler_max_batch", "Sequences the engine decodes together at most",
+         scheduler.max_batch),
+        ("inferos_scheduler_batch_occupancy",
+         "Sequences per decode step, mean since the engine started (at most max_batch)",
+         scheduler.batch_occupancy),
+        ("inferos_scheduler_queue_depth", "Requests waiting for a batch row",
+         scheduler.queue_depth),
+        ("inferos_scheduler_queue_wait_p50_seconds",
+         "Median wait for a batch row over the engine's recent requests",
+         None if scheduler.queue_wait_ms_p50 is None else scheduler.queue_wait_ms_p50 / 1000),
+    ]
+    counters: list[tuple[str, str, int | None]] = [
+        ("inferos_scheduler_prefill_chunks",
+         "Prompt chunks prefilled between batched decode steps", scheduler.prefill_chunks),
+        ("inferos_scheduler_prefill_chunk_tokens", "Prompt tokens prefilled in those chunks",
+         scheduler.prefill_chunk_tokens),
+    ]
+    spec = scheduler.speculation
+    if spec is not None:
+        counters += [
+            ("inferos_spec_drafted_tokens", "Tokens drafted by prompt-lookup speculation",
+             spec.drafted),
+            ("inferos_spec_accepted_tokens", "Drafted tokens the model's own choice accepted",
+             spec.accepted),
+            ("inferos_spec_sequences_stopped",
+             "Sequences whose speculation stopped: acceptance below quality.min_accept_rate",
+             spec.sequences_stopped),
+        ]
+        gauges.append(("inferos_spec_accept_ratio",
+                       "Drafted tokens accepted, as a share, since the engine started "
+                       "(absent while nothing was drafted)", spec.accept_rate))
+    for name, documentation, value in gauges:
+        if value is not None:
+            yield GaugeMetricFamily(name, documentation, value)
+    for name, documentation, count in counters:
+        if count is not None:
+            yield CounterMetricFamily(name, documentation, count)
 
 
 async def fetch(client: httpx.AsyncClient, upstream: str) -> BackendStats:
@@ -107,3 +271,17 @@ async def fetch(client: httpx.AsyncClient, upstream: str) -> BackendStats:
         return BackendStats.parse(response.json() if response.status_code == 200 else None)
     except (httpx.HTTPError, ValueError):
         return BackendStats()
+
+
+async def fetch_providers(client: httpx.AsyncClient, upstream: str) -> tuple[str, ...] | None:
+    """The onnxruntime providers the engine's ``/api/v1/system-info`` lists (what its
+    scheduler can place on); None when it lists none or cannot be read."""
+    try:
+        response = await client.get(upstream + SYSTEM_INFO_PATH, timeout=2.0)
+        body = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    providers = body.get("execution_providers") if isinstance(body, dict) else None
+    if not isinstance(providers, list):
+        return None
+    return tuple(p for p in providers if isinstance(p, str))

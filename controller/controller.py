@@ -45,7 +45,8 @@ from inferos.controller.loops import ControlLoop
 from inferos.controller.policy import Policy, apply_patch, flatten
 from inferos.controller.request_stats import RequestStats
 from inferos.controller.run_context import RunContext, TokenCounter, derive
-from inferos.controller.snapshot import BackendSettings, PolicySnapshot, SnapshotStore
+from inferos.controller.scheduler_mode import ModeSettings, ModeSwitcher, ends_switch
+from inferos.controller.snapshot import BackendSettings, ModeSwitch, PolicySnapshot, SnapshotStore
 from inferos.controller.system_sample import SystemSample, SystemSampler
 from inferos.controller.telemetry import Telemetry
 from inferos.errors import ConfigError
@@ -74,6 +75,7 @@ class ControllerSettings:
     unshed_after_s: float = 10.0
     failsafe: FailsafeSettings = field(default_factory=FailsafeSettings)
     decisions: DecisionSettings = field(default_factory=DecisionSettings)
+    mode: ModeSettings = field(default_factory=ModeSettings)
 
 
 class Controller:
@@ -96,6 +98,8 @@ class Controller:
         self.telemetry = Telemetry(settings.telemetry_dir)
         self.failsafe = FailSafe(plane, settings.failsafe, registry, self.event)
         self.shedder = LoadShedder(plane, self.metrics, self.event, settings.unshed_after_s)
+        self.modes = ModeSwitcher(settings.mode, self.event)
+        self._providers_of: str | None = None  # the upstream modes.providers were read from
         self.snapshots = SnapshotStore(PolicySnapshot(1, policy, BackendSettings(),
                                                       "initial policy"))
         self.metrics.policy_version.set(1)
@@ -207,7 +211,10 @@ class Controller:
         with self._lock:
             current = self.snapshots.current
             policy = apply_patch(current.policy, patch, self.profiles)
-            snapshot = self.snapshots.publish(policy, current.backend, "policy changed by API")
+            switch = None if ends_switch(patch, current.policy, policy) else \
+                current.mode_switch
+            snapshot = self.snapshots.publish(policy, current.backend, "policy changed by API",
+                                              mode_switch=switch)
             before = flatten(current.policy)
             after = flatten(policy)
             self._user_asked = self._user_asked | {k for k in after if before[k] != after[k]}
@@ -299,12 +306,18 @@ class Controller:
             latest = await backend_stats.fetch(self._http, self.plane.upstream)
             self.metrics.backend.latest = latest
             self._watch_guard(latest)
+            await self._observe_scheduler(latest, sample)
+            observed = True
+        else:
+            observed = False
         self.shedder.tick(sample)
         if self.backend is None or self._actuating:
             return
         if self._watch_backend():
             return
         await self._read_backend()
+        if observed:
+            self._switch_mode()
         if self._live_dirty:
             await self._push_live()
         now = time.monotonic()
@@ -348,7 +361,7 @@ class Controller:
             if not self._live_dirty or self._actuating:
                 return
             snapshot = self.snapshots.current
-            live = policy_report.live_keys(snapshot.policy)
+            live = policy_report.live_keys(snapshot.policy, snapshot.mode_switch)
             self._live_dirty = False
             try:
                 outcomes = await self.backend.apply_live(live, snapshot.version)
@@ -426,7 +439,7 @@ class Controller:
         self._note_declined(current.policy, decision, in_effect)
         if decision.settings != current.backend:
             snapshot = self.snapshots.publish(current.policy, decision.settings,
-                                              decision.reason)
+                                              decision.reason, mode_switch=current.mode_switch)
             self.metrics.policy_version.set(snapshot.version)
         if not changes:
             return
@@ -505,6 +518,42 @@ class Controller:
         finally:
             self._actuating = False
             self._last_read = float("-inf")
+
+    async def _observe_scheduler(self, latest: backend_stats.BackendStats,
+                                 sample: SystemSample) -> None:
+        """One sample for the mode decision; the engine's providers, once per process."""
+        assert self._http is not None
+        hot = None if sample.temperature_c is None else sample.hot  # unmeasured: unknown
+        self.modes.observe(latest.scheduler, hot, time.monotonic())
+        upstream = self.plane.upstream
+        if latest.scheduler is not None and self._providers_of != upstream:
+            providers = await backend_stats.fetch_providers(self._http, upstream)
+            if providers is not None:
+                self.modes.providers, self._providers_of = providers, upstream
+
+    def _switch_mode(self) -> None:
+        """Runs another scheduler mode than the policy's while a queue or heat lasts, where
+        that changes what runs (controller/scheduler_mode.py); the push sends it."""
+        caps = self.capabilities
+        if caps is None or caps.of("scheduler.mode").how != b.LIVE \
+                or self.plane.snapshot.passthrough:
+            return
+        with self._lock:
+            current = self.snapshots.current
+            decision = self.modes.decide(current.policy.scheduler, current.mode_switch,
+                                         self.metrics.backend.latest.scheduler,
+                                         time.monotonic())
+            if not decision.changed:
+                return
+            switch = None
+            if decision.mode is not None:
+                assert decision.trigger is not None
+                switch = ModeSwitch(decision.mode, current.policy.scheduler.mode,
+                                    decision.trigger, decision.reason)
+            snapshot = self.snapshots.publish(current.policy, current.backend,
+                                              decision.reason, mode_switch=switch)
+            self.metrics.policy_version.set(snapshot.version)
+            self._live_dirty = True
 
     def _watch_guard(self, latest: backend_stats.BackendStats) -> None:
         promotions = latest.guard_promotions

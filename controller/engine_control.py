@@ -1,9 +1,9 @@
 """The embedded engine's loopback control API, from the controller's side.
 
 ``POST /inferos/v1/policy`` carries the live policy keys (KV window, sinks, thresholds,
-host pool, eviction, quality guard, scheduler) with the policy version; the engine answers
-with what is now in effect (``applied``, key -> value) and what it cannot apply
-(``not_applicable``, key -> reason). That answer is the read-back: a key is reported
+host pool, eviction, quality guard, scheduler, speculation) with the policy version; the
+engine answers with what is now in effect (``applied``, key -> value) and what it cannot
+apply (``not_applicable``, key -> reason). That answer is the read-back: a key is reported
 applied only when the engine's acknowledgement lists it so.
 """
 

@@ -50,6 +50,8 @@ LOAD = "/api/v1/load"
 PYTHON_REASON = ("the Python Lemonade server (<= v8.1.12) takes only model_name on /load; "
                  "context size and llama.cpp options are its start flags")
 NO_STORE = "Lemonade has no staged KV store or live control API"
+NO_SCHEDULER = ("Lemonade has no such control: no live batch size, queue bound, "
+                "time-per-token budget or speculation setting (the embedded engine's)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,8 @@ def capabilities_of(flavor: ServerFlavor, unverifiable: frozenset[str] = frozens
             keys[key] = Capability(None, PYTHON_REASON)
         for key in b.LIVE_KEYS:
             keys[key] = Capability(None, NO_STORE)
+        for key in b.SCHEDULING_KEYS:
+            keys[key] = Capability(None, NO_SCHEDULER)
         return Capabilities("lemonade-python", None, keys)
     load = "reloaded through /load, read back from health's recipe_options"
     if flavor.is_inferos_engine:
@@ -117,6 +121,8 @@ def capabilities_of(flavor: ServerFlavor, unverifiable: frozenset[str] = frozens
         keys["backend.provider"] = Capability(None, "Lemonade picks the device by recipe")
         for key in b.LIVE_KEYS:
             keys[key] = Capability(None, NO_STORE)
+        for key in b.SCHEDULING_KEYS:
+            keys[key] = Capability(None, NO_SCHEDULER)
         kind = "lemonade-cpp"
     for key in unverifiable:
         keys[key] = Capability(None, "this server did not report the value back after a "

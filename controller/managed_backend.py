@@ -3,10 +3,11 @@ blue/green without failing a request, and live where the engine allows it.
 
 ``apply`` starts the new configuration on another port and waits until it is healthy,
 reads its settings back from it (the engine's health, the llama.cpp process's own command
-line), and only then points the proxy at it (``DataPlane.switch_upstream``), drains the
-requests still running on the old process and stops that one. A new process that fails to
-start, or whose settings read back differently, is stopped and the old one never stopped
-serving. Live keys go to the running engine's control API (``engine_control.py``).
+line, llama-server's or llama-cpp-python's alike), and only then points the proxy at it
+(``DataPlane.switch_upstream``), drains the requests still running on the old process and
+stops that one. A new process that fails to start, or whose settings read back
+differently, is stopped and the old one never stopped serving. Live keys go to the
+running engine's control API (``engine_control.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from inferos.controller.backend_child import (
     BackendStartError,
     Launcher,
     free_port,
+    llamacpp_alias,
     port_is_free,
     read_llamacpp_argv,
 )
@@ -46,9 +48,25 @@ ENGINE = "engine"
 LLAMACPP = "llamacpp"
 CONTROL_TOKEN_ENV = "INFEROS_ENGINE_CONTROL_TOKEN"
 RESTART_HOW = "blue/green restart, read back from the new process"
+_START_FLAG = ("a start flag of llama.cpp's server: a restart setting, not live, and "
+               "Infer-OS does not restart it for this")
+# The embedded engine's scheduling keys, and why llama.cpp's server takes none of them live.
+LLAMACPP_SCHEDULING: Mapping[str, Capability] = {
+    "scheduler.max_batch": Capability(None, f"parallel slots (-np) are {_START_FLAG}"),
+    "scheduler.max_queue": Capability(None, "llama.cpp's server has no bound on the "
+                                      "requests waiting for a slot"),
+    "scheduler.tpot_budget_ms": Capability(None, "llama.cpp's server has no time-per-token "
+                                           "budget; its prompt batch size (-b, -ub) is "
+                                           + _START_FLAG),
+    "speculation.enabled": Capability(None, f"speculation (--spec-type) is {_START_FLAG}"),
+    "speculation.max_draft": Capability(None, f"the draft length (--draft-max) is "
+                                        f"{_START_FLAG}"),
+}
 
 
-def managed_capabilities(kind: str) -> Capabilities:
+def managed_capabilities(kind: str, server: str | None = None) -> Capabilities:
+    """What a managed backend applies; ``server`` names what runs (its version, shown in
+    health), for llama.cpp which of its two servers."""
     keys: dict[str, Capability] = {}
     if kind == ENGINE:
         for key in ("backend.ctx_size", "backend.threads", "backend.provider"):
@@ -58,14 +76,18 @@ def managed_capabilities(kind: str) -> Capabilities:
         for key in b.LIVE_KEYS:
             keys[key] = Capability(b.LIVE, "the engine's control API, acknowledged")
     else:
+        # llama-server has /props, but read both servers one way, from what the OS says
+        # the process was started with; llama-cpp-python's server has nothing else.
+        on = "llama-server" if server and server.startswith("llama-server") else \
+            "llama-cpp-python"
         for key in ("backend.ctx_size", "kv.cache_type", "backend.threads"):
-            keys[key] = Capability(b.RESTART, RESTART_HOW + "'s command line (llama-cpp-"
-                                   "python's server has no /props)")
+            keys[key] = Capability(b.RESTART, RESTART_HOW + f"'s command line ({on})")
         keys["backend.provider"] = Capability(None, "llama.cpp runs on the device it was "
                                               "built for")
         for key in b.LIVE_KEYS:
             keys[key] = Capability(None, "llama.cpp has no staged KV store or live control")
-    return Capabilities(kind, None, keys)
+        keys.update(LLAMACPP_SCHEDULING)
+    return Capabilities(kind, server if kind != ENGINE else None, keys)
 
 
 class ManagedBackend:
@@ -122,9 +144,9 @@ class ManagedBackend:
             self._client = httpx.AsyncClient(timeout=5.0)
         if self.kind == LLAMACPP:
             settings = read_llamacpp_argv(child.cmdline())
-            alias = child.argv[child.argv.index("--model_alias") + 1]
-            return BackendState(managed_capabilities(self.kind), model=alias,
-                                settings=settings, max_ctx=None)
+            return BackendState(managed_capabilities(self.kind, child.server),
+                                model=llamacpp_alias(child.argv), settings=settings,
+                                max_ctx=None)
         try:
             response = await self._client.get(child.url + "/api/v1/health")
             flavor = flavor_of(response.json())
@@ -141,7 +163,7 @@ class ManagedBackend:
     async def apply(self, wanted: BackendSettings, plane: DataPlane, *, model: str | None,
                     changes: tuple[str, ...]) -> tuple[Outcome, ...]:
         assert self.child is not None
-        caps = managed_capabilities(self.kind)
+        caps = managed_capabilities(self.kind, self.child.server)
         before = await self.read_back()
         key_of = {name: key for key, name in b.RESTART_KEYS.items()}
         asked = {n: getattr(wanted, n) for n in changes if getattr(wanted, n) is not None}
@@ -216,6 +238,7 @@ class ManagedBackend:
     async def describe(self) -> dict[str, Any]:
         child = self.child
         return {"backend": self.name, "url": child.url if child else None,
+                "server": child.server if child else None,
                 "pid": child.pid if child else None,
                 "argv": child.argv[1:] if child else None, "switches": self.switches}
 

@@ -31,7 +31,7 @@ from inferos.errors import ConfigError
 __all__ = [
     "CACHE_TYPE_NAMES", "DEVICES", "MODES", "PROFILES", "SCHEDULER_MODES",
     "BackendPins", "IoPolicy", "KvPolicy", "LevelThresholds", "Policy", "QualityPolicy",
-    "SchedulerPolicy", "apply_patch", "flatten", "policy_keys", "validate",
+    "SchedulerPolicy", "SpeculationPolicy", "apply_patch", "flatten", "policy_keys", "validate",
 ]
 
 
@@ -73,6 +73,15 @@ class SchedulerPolicy:
     mode: str = _default("scheduler.mode")
     prefill_device: str = _default("scheduler.prefill_device")
     decode_device: str = _default("scheduler.decode_device")
+    max_batch: int = _default("scheduler.max_batch")
+    max_queue: int = _default("scheduler.max_queue")
+    tpot_budget_ms: float = _default("scheduler.tpot_budget_ms")
+
+
+@dataclass(frozen=True, slots=True)
+class SpeculationPolicy:
+    enabled: bool = _default("speculation.enabled")
+    max_draft: int = _default("speculation.max_draft")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +107,7 @@ class Policy:
     kv: KvPolicy = field(default_factory=KvPolicy)
     io: IoPolicy = field(default_factory=IoPolicy)
     scheduler: SchedulerPolicy = field(default_factory=SchedulerPolicy)
+    speculation: SpeculationPolicy = field(default_factory=SpeculationPolicy)
     backend: BackendPins = field(default_factory=BackendPins)
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,12 +13,14 @@ answers. Its statuses:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from inferos.controller import backend as b
 from inferos.controller.backend import BackendState, Capabilities, Outcome
 from inferos.controller.policy import Policy, flatten
+from inferos.controller.snapshot import ModeSwitch
 
 # Keys whose answer is a fact of the backend kind, not something sent to it.
 STATIC_KEYS = ("io.enable_iobinding", "io.dml_pool_bytes")
@@ -26,9 +28,27 @@ STATIC_KEYS = ("io.enable_iobinding", "io.dml_pool_bytes")
 OWN_KEYS = ("mode", "profile")
 
 
-def live_keys(policy: Policy) -> dict[str, Any]:
+def live_keys(policy: Policy, switch: ModeSwitch | None = None) -> dict[str, Any]:
+    """The live keys to send: the policy's, with the controller's mode switch if any."""
     flat = flatten(policy)
-    return {k: flat[k] for k in b.LIVE_KEYS}
+    live = {k: flat[k] for k in b.LIVE_KEYS}
+    if switch is not None:
+        live["scheduler.mode"] = switch.mode
+    return live
+
+
+def _switched(key: str, value: Any, sent: Outcome | None, switch: ModeSwitch) -> Outcome:
+    """``scheduler.mode`` while the controller runs another mode than the policy's."""
+    if sent is None or sent.value != switch.mode:
+        return Outcome(key, b.PENDING, value, sent.in_effect if sent else None,
+                       sent.where if sent else None,
+                       f"the controller switched to {switch.mode} ({switch.reason}); sent "
+                       "to the engine, waiting for its acknowledgement")
+    if sent.status != b.APPLIED:
+        return dataclasses.replace(sent, value=value)
+    return Outcome(key, b.NOT_APPLIED, value, sent.in_effect, sent.where,
+                   f"the controller runs {switch.mode} instead: {switch.reason}; "
+                   f"{value} comes back when that clears")
 
 
 def _static(key: str, value: Any, kind: str) -> Outcome:
@@ -49,7 +69,8 @@ def _static(key: str, value: Any, kind: str) -> Outcome:
 
 def build(policy: Policy, passthrough: bool, caps: Capabilities | None,
           state: BackendState | None, restart: Mapping[str, Outcome],
-          live: Mapping[str, Outcome]) -> dict[str, dict[str, Any]]:
+          live: Mapping[str, Outcome], switch: ModeSwitch | None = None
+          ) -> dict[str, dict[str, Any]]:
     flat = flatten(policy)
     out: dict[str, dict[str, Any]] = {}
     for key, value in flat.items():
@@ -75,6 +96,8 @@ def build(policy: Policy, passthrough: bool, caps: Capabilities | None,
         capability = caps.of(key)
         if not capability.applicable:
             out[key] = Outcome(key, b.NOT_APPLICABLE, value, reason=capability.reason).as_dict()
+        elif key == "scheduler.mode" and switch is not None:
+            out[key] = _switched(key, value, live.get(key), switch).as_dict()
         elif key in live:
             outcome = live[key]
             # Decisions publish new versions without touching live keys: what counts is

@@ -7,6 +7,11 @@
   contexts, a small recent window; for memory-starved machines. A KV type is taken only
   when its measured cost fits the quality budget (q4_0 measured +1.69 here: over 1.0, so
   the controller runs q8_0 even under this profile).
+
+None of them sets the scheduler or speculation: batching and prompt-lookup speculation
+are exact (greedy output is token for token what a request gets alone, and sampled
+output keeps its distribution), so ``safe`` has nothing lossy to turn off there. Each
+keeps the declared defaults.
 """
 
 from __future__ import annotations

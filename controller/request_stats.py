@@ -26,6 +26,13 @@ class ModelStats:
     prompt_tokens_max: int | None
     prompt_tokens_p95: int | None
     completion_tokens_max: int | None
+    # Speculative tokens over the requests whose timings counted drafts (0: none did).
+    drafted: int = 0
+    accepted: int = 0
+
+    @property
+    def spec_accept(self) -> float | None:
+        return self.accepted / self.drafted if self.drafted else None
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -72,6 +79,7 @@ def _summarize(model: str, records: list[RequestRecord]) -> ModelStats:
     prompts = [float(r.prompt_tokens) for r in records if r.prompt_tokens is not None]
     completions = [r.completion_tokens for r in records if r.completion_tokens is not None]
     p95_prompt = percentile(prompts, 95)
+    drafting = [r for r in records if r.spec_accept is not None]
     return ModelStats(
         model=model,
         requests=len(records),
@@ -84,4 +92,6 @@ def _summarize(model: str, records: list[RequestRecord]) -> ModelStats:
         prompt_tokens_max=int(max(prompts)) if prompts else None,
         prompt_tokens_p95=int(p95_prompt) if p95_prompt is not None else None,
         completion_tokens_max=max(completions) if completions else None,
+        drafted=sum(r.draft_tokens or 0 for r in drafting),
+        accepted=sum(r.draft_accepted or 0 for r in drafting),
     )

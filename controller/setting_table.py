@@ -181,6 +181,19 @@ SETTINGS: tuple[Setting, ...] = (
             "where prefill and decode run; devices this machine lacks fall back to CPU"),
     _policy("scheduler.prefill_device", Choice(DEVICES), "dml", "the device for prefill"),
     _policy("scheduler.decode_device", Choice(DEVICES), "npu", "the device for decode"),
+    # The embedded engine's batch, queue and budget (bounds as engine/engine_policy.py
+    # parses them; a test keeps the two equal).
+    _policy("scheduler.max_batch", Int(1, 16), 8,
+            "most sequences the embedded engine decodes together in one run"),
+    _policy("scheduler.max_queue", Int(0, 4096), 32,
+            "requests that may wait for a free row; past it, 503 with Retry-After"),
+    _policy("scheduler.tpot_budget_ms", Float(minimum=1.0, maximum=60_000.0, unit="ms"),
+            100.0, "time per output token the running streams keep while a prompt "
+                   "is prefilled in chunks"),
+    _policy("speculation.enabled", Bool(), True,
+            "prompt-lookup speculation: drafts verified in one run (greedy output "
+            "unchanged)"),
+    _policy("speculation.max_draft", Int(1, 64), 8, "most tokens drafted per step"),
     _policy("backend.ctx_size", Int(256, 1 << 20), None,
             "pins the context size in tokens; null: decided from the requests seen",
             nullable=True),

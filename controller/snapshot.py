@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from inferos.controller.policy import Policy, validate
+from inferos.controller.policy import SCHEDULER_MODES, Policy, validate
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,18 +43,37 @@ class BackendSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ModeSwitch:
+    """The controller's live switch of ``scheduler.mode`` away from the policy's ``asked``
+    (controller/scheduler_mode.py): sent to the engine instead of the policy's value until
+    its ``trigger`` (a sustained queue, heat) clears or the user asks for another mode."""
+
+    mode: str
+    asked: str
+    trigger: str      # "queue" | "thermal"
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"mode": self.mode, "asked": self.asked, "trigger": self.trigger,
+                "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
 class PolicySnapshot:
     version: int
     policy: Policy
     backend: BackendSettings
     reason: str
     created: float = field(default_factory=time.time)
+    mode_switch: ModeSwitch | None = None
 
     def check(self) -> None:
         """Raises ConfigError if the snapshot is not something the data plane may use."""
         validate(self.policy)
         if self.version < 0:
             raise ValueError("negative snapshot version")
+        if self.mode_switch is not None and self.mode_switch.mode not in SCHEDULER_MODES:
+            raise ValueError(f"no such scheduler mode: {self.mode_switch.mode!r}")
 
 
 class SnapshotStore:
@@ -63,8 +82,12 @@ class SnapshotStore:
         self.current = first
         self.history: list[PolicySnapshot] = [first]
 
-    def publish(self, policy: Policy, backend: BackendSettings, reason: str) -> PolicySnapshot:
-        snapshot = PolicySnapshot(self.current.version + 1, policy, backend, reason)
+    def publish(self, policy: Policy, backend: BackendSettings, reason: str, *,
+                mode_switch: ModeSwitch | None) -> PolicySnapshot:
+        """The next version; ``mode_switch`` is said every time (None ends a switch), so a
+        publisher cannot drop one by forgetting it."""
+        snapshot = PolicySnapshot(self.current.version + 1, policy, backend, reason,
+                                  mode_switch=mode_switch)
         snapshot.check()  # an invalid snapshot never becomes current
         self.current = snapshot
         self.history = [*self.history[-49:], snapshot]

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-# The seed's metric fields, in order.
+# The seed's metric fields, in order, and its quality.spec_accept (as /v1/metrics shows it).
 METRIC_FIELDS = ("t", "model", "seq_len", "batch", "tps", "ftl", "p95", "vram", "host_mem",
-                 "npu_util", "igpu_util", "kv_L0", "kv_L1", "kv_L2", "kv_L3", "delta_ppl_est")
+                 "npu_util", "igpu_util", "kv_L0", "kv_L1", "kv_L2", "kv_L3", "delta_ppl_est",
+                 "spec_accept")
 
 
 class JsonlLog:

@@ -18,8 +18,10 @@ class ApiError(InferOSError):
     """An error answered to the client: HTTP ``status`` and OpenAI's ``type``/``code``."""
 
     def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None) -> None:
+                 code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
+        self.headers = headers or {}
         self.status = status
         self.message = message
         self.kind = kind
@@ -31,7 +33,7 @@ class ApiError(InferOSError):
                           "code": self.code}}
 
     def response(self) -> web.Response:
-        return web.json_response(self.body(), status=self.status)
+        return web.json_response(self.body(), status=self.status, headers=self.headers)
 
 
 def invalid_param(param: str, message: str) -> ApiError:

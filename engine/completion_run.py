@@ -3,8 +3,11 @@
 ``run_completion`` drives ``ModelSlot.stream`` for one request and yields the text to send
 (already cut at the first stop string, which is never sent) and, last, a ``Outcome`` with
 the finish reason, token counts and llama.cpp-style timings. Timings come from the worker
-thread's clock: ``prompt_ms`` is the time until the first token (prefill and its sampling),
-``predicted_ms`` the time from the first to the last token.
+thread's clock: ``queue_ms`` is the time the request waited for a batch row,
+``prompt_ms`` the time from then until the first token (prefill and its sampling; the
+two make the time to first token), ``predicted_ms`` the time from the first to the last
+token. ``draft_n`` and ``draft_n_accepted`` count prompt-lookup speculation, as
+llama.cpp's server does.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class Timings:
     predicted_n: int
     predicted_ms: float
     cache_n: int = 0
+    queue_ms: float = 0.0       # waiting for a batch row: part of the time to first token
+    draft_n: int = 0            # speculative tokens drafted (llama.cpp's names)
+    draft_n_accepted: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         prompt_rate = self.prompt_n * 1000.0 / self.prompt_ms if self.prompt_ms > 0 else 0.0
@@ -48,6 +54,9 @@ class Timings:
             "predicted_ms": round(self.predicted_ms, 3),
             "predicted_per_token_ms": round(self.predicted_ms / steps, 3) if steps > 0 else 0.0,
             "predicted_per_second": round(decode_rate, 3),
+            "queue_ms": round(self.queue_ms, 3),
+            "draft_n": self.draft_n,
+            "draft_n_accepted": self.draft_n_accepted,
         }
 
 
@@ -82,7 +91,8 @@ def sampling_params(sampling: Sampling, prompt_tokens: int, ctx_size: int,
 
 async def run_completion(slot: ModelSlot, state: LoadedState, prompt_ids: list[int],
                          sampling: Sampling) -> AsyncGenerator[str | Outcome, None]:
-    """Yields text pieces, then one ``Outcome``. The caller holds ``slot.lock``."""
+    """Yields text pieces, then one ``Outcome``. The caller has been admitted
+    (``slot.admit``)."""
     params = sampling_params(sampling, len(prompt_ids), state.ctx_size,
                              state.model.allow_evict)
     matcher = StopMatcher(sampling.stop)
@@ -90,6 +100,8 @@ async def run_completion(slot: ModelSlot, state: LoadedState, prompt_ids: list[i
     first_at = last_at = started
     count = 0
     cached = 0
+    queued_s = 0.0
+    drafted = accepted = 0
     finish = "length"
     try:
         async with contextlib.aclosing(slot.stream(state.model, prompt_ids, params)) as events:
@@ -99,6 +111,8 @@ async def run_completion(slot: ModelSlot, state: LoadedState, prompt_ids: list[i
                 if count == 1:
                     first_at = timed.at
                     cached = timed.event.cached_tokens
+                    queued_s = timed.event.queued_s
+                drafted, accepted = timed.event.drafted, timed.event.accepted
                 text = matcher.push(timed.event.text)
                 if text:
                     yield text
@@ -119,6 +133,9 @@ async def run_completion(slot: ModelSlot, state: LoadedState, prompt_ids: list[i
     yield Outcome(
         finish_reason=finish, prompt_tokens=len(prompt_ids), completion_tokens=count,
         # As llama.cpp: prompt_n are the prompt tokens evaluated, cache_n the ones reused.
+        # prompt_ms is the prefill's own time: the wait for a row is queue_ms.
         timings=Timings(prompt_n=len(prompt_ids) - cached,
-                        prompt_ms=(first_at - started) * 1000.0, predicted_n=count,
-                        predicted_ms=(last_at - first_at) * 1000.0, cache_n=cached))
+                        prompt_ms=max(first_at - started - queued_s, 0.0) * 1000.0,
+                        predicted_n=count, predicted_ms=(last_at - first_at) * 1000.0,
+                        cache_n=cached, queue_ms=queued_s * 1000.0, draft_n=drafted,
+                        draft_n_accepted=accepted))

@@ -2,7 +2,8 @@
 
 ``EnginePolicy`` is one frozen value: the KV window, sinks and level thresholds of the
 prefix cache's store, eviction inside a context, the store's byte budget, the quality
-budget, and the scheduler's wishes. ``POST /inferos/v1/policy`` (engine/policy_routes.py)
+budget, the scheduler's placement, batch, queue and time-per-token budget, and
+prompt-lookup speculation. ``POST /inferos/v1/policy`` (engine/policy_routes.py)
 replaces the whole value; the model's worker thread reads it at its next KV-store
 operation (engine/runtime.py). What needs a new process (model, weights precision,
 context size, threads, provider) is not here: that goes through ``load`` or blue/green.
@@ -48,6 +49,11 @@ __all__ = [
 DEFAULT_HOST_POOL_BYTES: Final = 4096 * 2**20  # the policy's io.host_pool_bytes default
 DEFAULT_MAX_DELTA_PPL: Final = 0.5
 DEFAULT_MIN_ACCEPT_RATE: Final = 0.5
+DEFAULT_MAX_BATCH: Final = 8
+MAX_BATCH_LIMIT: Final = 16  # the rows the batch buffer is sized for (engine/batch_kv.py)
+DEFAULT_MAX_QUEUE: Final = 32
+DEFAULT_TPOT_BUDGET_MS: Final = 100.0
+DEFAULT_MAX_DRAFT: Final = 8
 # Larger windows or pools than this are typing mistakes, not settings.
 MAX_TOKENS_SETTING: Final = 1 << 30
 MAX_POOL_BYTES: Final = 1 << 50
@@ -84,6 +90,11 @@ class EnginePolicy:
     scheduler_mode: str = "cpu_only"
     prefill_device: str = "cpu"
     decode_device: str = "cpu"
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_queue: int = DEFAULT_MAX_QUEUE
+    tpot_budget_ms: float = DEFAULT_TPOT_BUDGET_MS
+    speculation: bool = True
+    max_draft: int = DEFAULT_MAX_DRAFT
 
     def store_config(self, base: KvStoreConfig) -> KvStoreConfig:
         """``base`` (a store's config) with this policy's window, sinks, thresholds, pool."""
@@ -190,6 +201,11 @@ POLICY_KEYS: Final = (
     PolicyKey("scheduler.mode", "scheduler_mode", _choice(SCHEDULER_MODES)),
     PolicyKey("scheduler.prefill_device", "prefill_device", _choice(tuple(DEVICE_PROVIDERS))),
     PolicyKey("scheduler.decode_device", "decode_device", _choice(tuple(DEVICE_PROVIDERS))),
+    PolicyKey("scheduler.max_batch", "max_batch", _integer(1, MAX_BATCH_LIMIT)),
+    PolicyKey("scheduler.max_queue", "max_queue", _integer(0, 4096)),
+    PolicyKey("scheduler.tpot_budget_ms", "tpot_budget_ms", _number(1.0, 60_000.0)),
+    PolicyKey("speculation.enabled", "speculation", _boolean),
+    PolicyKey("speculation.max_draft", "max_draft", _integer(1, 64)),
 )
 SECTIONS: Final = tuple(dict.fromkeys(k.section for k in POLICY_KEYS))
 

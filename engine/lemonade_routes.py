@@ -34,7 +34,8 @@ from inferos.engine.completion_run import Outcome, run_completion, sampling_para
 from inferos.engine.engine_state import ENGINE, EngineState
 from inferos.engine.load_options import requested_options
 from inferos.engine.model_catalog import RECIPE
-from inferos.engine.model_slot import LoadedState
+from inferos.engine.model_slot import LoadedState, QueueFull
+from inferos.engine.placement import place
 from inferos.engine.policy_routes import policy_stats
 from inferos.errors import ModelError
 
@@ -102,37 +103,55 @@ async def _generate(request: web.Request,
                     parse: Callable[[Any], GenerationRequest]) -> web.StreamResponse:
     engine = request.app[ENGINE]
     generation = parse(await json_body(request))
-    async with engine.slot.lock:
-        state = await _model_for(engine, generation.model)
-        prompt_ids = _prompt_ids(state, generation)
-        # 400 when the prompt does not fit (unless the live policy lets it evict to make
-        # room); the core checks again when it starts, under the policy in effect then
-        sampling_params(generation.sampling, len(prompt_ids), state.ctx_size,
-                        state.model.allow_evict)
-        shape = ResponseShape(chat=generation.is_chat, model=state.name)
-        engine.stats.started()
-        started = time.perf_counter()
-        response: web.StreamResponse
-        try:
-            if generation.stream:
-                response, outcome = await _stream(request, engine, state, prompt_ids,
-                                                  generation, shape)
-            else:
-                outcome, text = await _collect(engine, state, prompt_ids, generation)
-                response = web.json_response(shape.full(text, outcome))
-        except (asyncio.CancelledError, ConnectionResetError):
-            engine.stats.cancelled += 1
-            log.info("%s cancelled: client went away", request.path)
-            raise
-        except Exception:
-            engine.stats.failed += 1
-            raise
-        if outcome is not None:
-            engine.stats.finished(outcome)
-            log.info("%s model=%s prompt_tokens=%d completion_tokens=%d finish=%s "
-                     "ttft_ms=%.1f total_ms=%.1f", request.path, state.name,
-                     outcome.prompt_tokens, outcome.completion_tokens, outcome.finish_reason,
-                     outcome.timings.prompt_ms, (time.perf_counter() - started) * 1000.0)
+    with contextlib.ExitStack() as admitted:
+        async with engine.slot.lock:
+            state = await _model_for(engine, generation.model)
+            prompt_ids = _prompt_ids(state, generation)
+            # 400 when the prompt does not fit (unless the live policy lets it evict to
+            # make room); the core checks again when it starts, under the policy then
+            sampling_params(generation.sampling, len(prompt_ids), state.ctx_size,
+                            state.model.allow_evict)
+            try:
+                # Admitted under the lock, so a load waits for this generation to end;
+                # generated without it, so generations run together.
+                admitted.enter_context(engine.slot.admit())
+            except QueueFull as exc:
+                engine.stats.rejected += 1
+                raise ApiError(503, f"The engine is busy: {exc}; retry in "
+                                    f"{exc.retry_after_s} s.", kind="server_error",
+                               code="queue_full",
+                               headers={"Retry-After": str(exc.retry_after_s)}) from exc
+        return await _respond(request, engine, state, prompt_ids, generation)
+
+
+async def _respond(request: web.Request, engine: EngineState, state: LoadedState,
+                   prompt_ids: list[int], generation: GenerationRequest) -> web.StreamResponse:
+    shape = ResponseShape(chat=generation.is_chat, model=state.name)
+    engine.stats.started()
+    started = time.perf_counter()
+    response: web.StreamResponse
+    try:
+        if generation.stream:
+            response, outcome = await _stream(request, engine, state, prompt_ids,
+                                              generation, shape)
+        else:
+            outcome, text = await _collect(engine, state, prompt_ids, generation)
+            response = web.json_response(shape.full(text, outcome))
+    except (asyncio.CancelledError, ConnectionResetError):
+        engine.stats.cancelled += 1
+        log.info("%s cancelled: client went away", request.path)
+        raise
+    except Exception:
+        engine.stats.failed += 1
+        raise
+    if outcome is not None:
+        engine.stats.finished(outcome)
+        timings = outcome.timings
+        log.info("%s model=%s prompt_tokens=%d completion_tokens=%d finish=%s "
+                 "queue_ms=%.1f ttft_ms=%.1f total_ms=%.1f", request.path, state.name,
+                 outcome.prompt_tokens, outcome.completion_tokens, outcome.finish_reason,
+                 timings.queue_ms, timings.queue_ms + timings.prompt_ms,
+                 (time.perf_counter() - started) * 1000.0)
     return response
 
 
@@ -287,6 +306,7 @@ async def stats(request: web.Request) -> web.Response:
     state = engine.slot.state
     body["loads"] = engine.slot.loads
     body["policy"] = policy_stats(engine)
+    body["scheduler"] = _scheduler_stats(engine)
     if state is not None:
         # The core's own accounting (KV pool, bytes copied, later kv_levels/prefix_cache,
         # which the controller reads) sits beside Lemonade's fields, never over them.
@@ -298,6 +318,20 @@ async def stats(request: web.Request) -> web.Response:
             "last_promotion_at": None, "held_blocks": 0, "can_act": False,
             "reason": "no model is loaded"}}
     return web.json_response(body)
+
+
+def _scheduler_stats(engine: EngineState) -> dict[str, Any] | None:
+    """Batch occupancy, queue and speculation, and where prefill and decode run."""
+    stats = engine.slot.scheduler_stats()
+    state = engine.slot.state
+    if stats is None or state is None:
+        return None
+    stats["queue_wait_ms_p50"] = stats["queue_wait_ms"]["p50"]
+    stats["tpot_budget_ms"] = engine.slot.policy.tpot_budget_ms
+    stats["speculation"]["enabled"] = engine.slot.policy.speculation
+    stats["placement"] = place(engine.slot.policy, tuple(ort.get_available_providers()),
+                               state.model.provider).as_dict()
+    return stats
 
 
 async def system_info(request: web.Request) -> web.Response:

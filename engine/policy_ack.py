@@ -6,9 +6,10 @@ in effect) and ``not_applicable`` (key -> the reason). ``EngineFacts`` are what 
 read from the engine as it runs: its one execution provider, whether the prefix cache is
 on, whether this graph can evict inside a context, whether the model has a KV calibration.
 
-The scheduler keys are honest about an engine that runs every step of every request on one
-provider, with no batching scheduler and no speculation: a device or mode that matches
-what runs is applied; anything else is reported with what runs instead, never pretended.
+The batch, queue, budget and speculation keys are applied by the batch scheduler
+(engine/batch_scheduler.py) at its next step. The placement keys are honest about where
+prefill and decode run (engine/placement.py): a device or mode that matches what runs is
+applied; one that fell back is reported with what runs instead, never pretended.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferos.engine.engine_policy import (
-    DEVICE_PROVIDERS,
     THRESHOLD_KEYS,
     EnginePolicy,
     device_of,
     dotted,
 )
+from inferos.engine.placement import place
 
 __all__ = ["EngineFacts", "PolicyAck", "acknowledge"]
 
@@ -51,25 +52,26 @@ class PolicyAck:
                 "not_applicable": self.not_applicable}
 
 
-def _device_reason(role: str, wanted: str, facts: EngineFacts) -> str | None:
-    running = device_of(facts.provider)
-    if wanted == running:
-        return None
-    providers = DEVICE_PROVIDERS.get(wanted, ())
-    if not any(p in facts.available_providers for p in providers):
-        return f"{wanted} is not available on this machine; {role} runs on {running}"
-    return (f"{wanted} is available, but the engine runs prefill and decode on one provider "
-            f"({facts.provider}); changing it needs a reload with another provider; "
-            f"{role} runs on {running}")
+def _placement_reasons(policy: EnginePolicy, facts: EngineFacts) -> dict[str, str | None]:
+    """The three placement keys: applied when what runs is what they ask, else why not."""
+    placement = place(policy, facts.available_providers, facts.provider)
+    hybrid = policy.scheduler_mode == "hybrid"
 
+    def device(key: str, wanted: str, reason: str | None, runs: str) -> str | None:
+        if hybrid:
+            return reason
+        return None if wanted == device_of(runs) else \
+            f"{policy.scheduler_mode} places it on {device_of(runs)}; {key} counts in hybrid"
 
-def _mode_reason(wanted: str, facts: EngineFacts) -> str | None:
-    running = device_of(facts.provider)
-    in_effect = {"cpu": "cpu_only", "npu": "npu_only"}.get(running, "gpu_only")
-    if wanted == in_effect:
-        return None
-    return (f"the engine has no scheduler that splits work between devices: every step runs "
-            f"on {facts.provider}, which is {in_effect}")
+    return {
+        "scheduler.mode": None if not placement.fell_back else
+        f"placement fell back ({placement.reason}): the scheduler runs {placement.mode}",
+        "scheduler.prefill_device": device("prefill_device", policy.prefill_device,
+                                           placement.prefill_reason,
+                                           placement.prefill_provider),
+        "scheduler.decode_device": device("decode_device", policy.decode_device,
+                                          placement.decode_reason, placement.decode_provider),
+    }
 
 
 def acknowledge(policy: EnginePolicy, facts: EngineFacts) -> PolicyAck:
@@ -86,11 +88,7 @@ def acknowledge(policy: EnginePolicy, facts: EngineFacts) -> PolicyAck:
         reasons["kv.allow_evict"] = facts.no_eviction
     if facts.no_calibration is not None and reasons["quality.max_delta_ppl"] is None:
         reasons["quality.max_delta_ppl"] = facts.no_calibration
-    reasons["quality.min_accept_rate"] = "the engine does no speculative decoding"
-    reasons["scheduler.mode"] = _mode_reason(policy.scheduler_mode, facts)
-    reasons["scheduler.prefill_device"] = _device_reason("prefill", policy.prefill_device,
-                                                         facts)
-    reasons["scheduler.decode_device"] = _device_reason("decode", policy.decode_device, facts)
+    reasons.update(_placement_reasons(policy, facts))
     return PolicyAck(
         version=policy.version,
         applied={k: v for k, v in values.items() if reasons[k] is None},

@@ -1,8 +1,9 @@
 """What ``GET stats`` reports: Lemonade's last-request fields, plus running totals.
 
 Lemonade's ``stats`` is global last-request state (wrong under concurrency, which is why the
-proxy measures per request itself); generations here are serialized, so "last" is well
-defined: the last generation that finished, completed or cancelled.
+proxy measures per request itself); "last" here is the last generation that finished, in
+the order they finished (generations are batched). Its time to first token includes the
+wait for a batch row.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ class LastRequest:
     @classmethod
     def from_outcome(cls, outcome: Outcome) -> LastRequest:
         timings = outcome.timings.as_dict()
-        return cls(time_to_first_token=round(outcome.timings.prompt_ms / 1000.0, 6),
+        ttft_ms = outcome.timings.queue_ms + outcome.timings.prompt_ms
+        return cls(time_to_first_token=round(ttft_ms / 1000.0, 6),
                    tokens_per_second=timings["predicted_per_second"],
                    input_tokens=outcome.prompt_tokens, output_tokens=outcome.completion_tokens,
                    cache_tokens=outcome.timings.cache_n)
@@ -39,6 +41,7 @@ class RequestStats:
         self.completed = 0
         self.cancelled = 0
         self.failed = 0
+        self.rejected = 0  # 503 queue_full: every row busy and the queue full
         self.input_tokens = 0
         self.output_tokens = 0
 
@@ -65,6 +68,7 @@ class RequestStats:
             "completed_requests": self.completed,
             "cancelled_requests": self.cancelled,
             "failed_requests": self.failed,
+            "rejected_requests": self.rejected,
             "total_input_tokens": self.input_tokens,
             "total_output_tokens": self.output_tokens,
         }

@@ -31,7 +31,7 @@ session and the pool are not shared between concurrent generations.
 from __future__ import annotations
 
 import json
-import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,16 +41,16 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from inferos.engine.batch_scheduler import PREFILL_CHUNK, BatchScheduler
 from inferos.engine.chat_template import ChatTemplate
 from inferos.engine.context_eviction import ContextEvictor
-from inferos.engine.detokenize import Detokenizer
-from inferos.engine.engine_policy import DEFAULT_HOST_POOL_BYTES, EnginePolicy
-from inferos.engine.kv_buffers import KvBuffer, KvPool, KvShape
+from inferos.engine.engine_policy import DEFAULT_HOST_POOL_BYTES, MAX_BATCH_LIMIT, EnginePolicy
+from inferos.engine.kv_buffers import KvBuffer, KvPool, KvShape, bind_rows
 from inferos.engine.policy_ack import EngineFacts
 from inferos.engine.prefix_cache import PrefixCache
 from inferos.engine.quality_guard import QualityGuard
 from inferos.engine.runtime_stats import NO_PARKED_KV, model_stats
-from inferos.engine.sampling import next_token
+from inferos.engine.sampling_params import SamplingParams, TokenEvent
 from inferos.errors import ModelError
 from inferos.kvstore.rotary import measured_frequencies
 from inferos.kvstore.store import KvStoreConfig
@@ -62,7 +62,6 @@ GRAPH_OPTIMIZATIONS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-PREFILL_CHUNK = 256
 ACCOUNT_EVERY = 32
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "DmlExecutionProvider", "CPUExecutionProvider")
 
@@ -90,27 +89,6 @@ class EngineOptions:
     prefix_cache: bool = True
     host_pool_bytes: int = DEFAULT_HOST_POOL_BYTES
     kv_allow_evict: bool = False
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    repeat_penalty: float = 1.0
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    """One generated token. ``finish_reason`` is set on the last one ("stop": an end-of-turn
-    token, whose text is empty; "length": max_tokens or the context's end)."""
-
-    token_id: int
-    text: str
-    finish_reason: str | None = None
-    cached_tokens: int = 0  # on the first event: prompt tokens reused from the KV buffer
 
 
 @dataclass
@@ -174,7 +152,11 @@ class LoadedModel:
             self.kv_shape, self.policy.store_config(KvStoreConfig()),
             QualityGuard.for_model(folder, self.policy.max_delta_ppl),
         ) if options.prefix_cache else None
-        self.pool = KvPool(self.kv_shape, cache=self.prefix_cache)
+        # Rows for the most sequences the live policy may batch (scheduler.max_batch);
+        # np.zeros pages are resident only once a row is used.
+        self.pool = KvPool(self.kv_shape, capacity=MAX_BATCH_LIMIT, cache=self.prefix_cache)
+        self.scheduler = BatchScheduler(self)
+        self._checked_widths: set[int] = set()
         # Built whatever the policy says, so that kv.allow_evict can be switched live.
         self.no_eviction: str | None = None
         try:
@@ -273,7 +255,7 @@ class LoadedModel:
             self.releveled_version = policy.version
         return policy
 
-    def _evicting(self, policy: EnginePolicy) -> ContextEvictor | None:
+    def evicting(self, policy: EnginePolicy) -> ContextEvictor | None:
         """The evictor for a generation under ``policy``, its window and sinks the
         policy's, each at most a quarter of the context (the room a chunk needs)."""
         evictor = self.evictor
@@ -291,12 +273,19 @@ class LoadedModel:
         """Whether a prompt longer than the context is evicted into it, as of now."""
         return self.evictor is not None and self.policy.allow_evict
 
-    # -- generation -------------------------------------------------------------------
-    def _run(self, buffer: KvBuffer, ids: list[int], past_len: int) -> np.ndarray:
-        """Runs ``ids`` on top of ``past_len`` cached tokens; the last position's logits."""
+    # -- runs ---------------------------------------------------------------------------
+    def _names(self) -> list[tuple[str, str, str, str]]:
+        return [(pk, pv, ck, cv) for (pk, pv), (ck, cv) in zip(self._past, self._present,
+                                                               strict=True)]
+
+    def run_row(self, buffer: KvBuffer, ids: list[int], past_len: int, *,
+                all_logits: bool = False) -> np.ndarray:
+        """Runs ``ids`` on top of ``past_len`` cached tokens of one row, alone; the last
+        position's logits [vocab], or every position's [len(ids), vocab]."""
         binding = buffer.binding
         if binding is None:
-            binding = buffer.binding = self._bind_kv(buffer)
+            binding = buffer.binding = bind_rows(self.session, self._names(), buffer.keys,
+                                                 buffer.values, 1, self.kv_shape)
         binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
         binding.bind_cpu_input("attention_mask",
                                np.ones((1, past_len + len(ids)), dtype=np.int64))
@@ -304,83 +293,86 @@ class LoadedModel:
         logits = np.empty((1, len(ids), self._logits_width), dtype=np.float32)
         binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape),
                             logits.ctypes.data)
+        self._session_run(binding)
+        self._count_run((past_len + len(ids)) * self.kv_shape.bytes_per_token)
+        counters = self.counters
+        # The in-place check reads every output: on a binding's first run, then one run in
+        # ACCOUNT_EVERY, and every run once a copy has ever been needed.
+        if counters.kv_copies or buffer.checked_runs == 0 or counters.runs % ACCOUNT_EVERY == 0:
+            buffer.checked_runs += 1
+            self._account(buffer.keys, buffer.values, binding.get_outputs()[1:])
+        return logits[0] if all_logits else logits[0, -1]
+
+    def run_rows(self, inputs: list[int], lens: list[int]) -> np.ndarray:
+        """One decode step of rows ``[0, len(inputs))`` of the batch buffer in one run:
+        row r's token ``inputs[r]`` on top of its ``lens[r]`` cached tokens (right
+        padding: its mask has ``lens[r] + 1`` ones). Logits [rows, vocab]."""
+        width = len(inputs)
+        batch = self.pool.batch
+        binding = batch.binding(self.session, width, self._names())
+        binding.bind_cpu_input("input_ids", np.asarray(inputs, dtype=np.int64)[:, None])
+        sums = np.asarray(lens, dtype=np.int64) + 1
+        mask = (np.arange(int(sums.max()))[None, :] < sums[:, None]).astype(np.int64)
+        binding.bind_cpu_input("attention_mask", mask)
+        logits = np.empty((width, 1, self._logits_width), dtype=np.float32)
+        binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape),
+                            logits.ctypes.data)
+        self._session_run(binding)
+        self._count_run(int(sums.sum()) * self.kv_shape.bytes_per_token)
+        counters = self.counters
+        if counters.kv_copies or width not in self._checked_widths \
+                or counters.runs % ACCOUNT_EVERY == 0:
+            self._checked_widths.add(width)
+            self._account([k[:width] for k in batch.keys], [v[:width] for v in batch.values],
+                          binding.get_outputs()[1:])
+        return logits[:, 0]
+
+    def _session_run(self, binding: ort.IOBinding) -> None:
         try:
             self.session.run_with_iobinding(binding)
         except Exception as exc:  # onnxruntime's errors have no common base class
             raise ModelError(f"onnxruntime failed: {exc}") from exc
-        used = past_len + len(ids)
-        counters = self.counters
-        counters.runs += 1
-        counters.kv_bytes_in_place += used * self.kv_shape.bytes_per_token
-        # The in-place check reads every output: on a binding's first run, then one run in
-        # ACCOUNT_EVERY, and every run once a copy has ever been needed.
-        if counters.kv_copies or buffer.checked_runs == 0 or counters.runs % ACCOUNT_EVERY == 0:
-            self._account(buffer, binding.get_outputs()[1:])
-        return logits[0, -1]
 
-    def _bind_kv(self, buffer: KvBuffer) -> ort.IOBinding:
-        binding = self.session.io_binding()
-        binding.bind_output("logits", "cpu")  # first: get_outputs() keeps binding order
-        dims = [1, self.kv_shape.kv_heads, self.kv_shape.max_len, self.kv_shape.head_dim]
-        for layer, ((past_k, past_v), (present_k, present_v)) in enumerate(
-                zip(self._past, self._present, strict=True)):
-            key, value = buffer.key_values[layer], buffer.value_values[layer]
-            binding.bind_ortvalue_input(past_k, key)
-            binding.bind_ortvalue_input(past_v, value)
-            binding.bind_output(present_k, "cpu", 0, np.float32, dims, key.data_ptr())
-            binding.bind_output(present_v, "cpu", 0, np.float32, dims, value.data_ptr())
-        return binding
+    def _count_run(self, kv_bytes: int) -> None:
+        self.counters.runs += 1
+        self.counters.kv_bytes_in_place += kv_bytes
 
-    def _account(self, buffer: KvBuffer, presents: list[ort.OrtValue]) -> None:
+    def _account(self, keys: list[np.ndarray], values: list[np.ndarray],
+                 presents: list[ort.OrtValue]) -> None:
         """The check that IOBinding is in effect: each present output should be our own
         buffer, written in place. One that is not is copied back, and counted."""
         counters = self.counters
-        buffer.checked_runs += 1
         counters.checked_runs += 1
-        arrays = buffer.keys + buffer.values
-        targets = buffer.key_values + buffer.value_values
+        arrays = keys + values
         layers = self.kv_shape.layers
         for index, present in enumerate(presents):
             # outputs come in binding order: layer i's key, then its value
-            target_index = index // 2 + (layers if index % 2 else 0)
-            if present.data_ptr() != targets[target_index].data_ptr():
+            target = arrays[index // 2 + (layers if index % 2 else 0)]
+            if present.data_ptr() != target.ctypes.data:
                 source = present.numpy()
-                np.copyto(arrays[target_index][:, :, :source.shape[2]], source)
+                np.copyto(target[:, :, :source.shape[2]], source)
                 counters.kv_copies += 1
                 counters.kv_bytes_copied += source.nbytes
 
-    def _prefill(self, buffer: KvBuffer, prompt: list[int], reuse: int,
-                 evictor: ContextEvictor | None) -> np.ndarray:
-        buffer.keep_prefix(reuse)  # the rest of what it held is overwritten
-        logits: np.ndarray | None = None
-        position = reuse
-        # With eviction, a chunk must fit beside the sinks and the recent window.
-        step = PREFILL_CHUNK if evictor is None else min(PREFILL_CHUNK, self.ctx_size // 4)
-        while position < len(prompt):
-            chunk = prompt[position:position + step]
-            self._ensure_room(buffer, len(chunk), evictor)
-            logits = self._run(buffer, chunk, len(buffer.tokens))
-            position += len(chunk)
-            buffer.tokens.extend(chunk)
-        assert logits is not None
-        return logits
-
-    def _ensure_room(self, buffer: KvBuffer, need: int, evictor: ContextEvictor | None
-                     ) -> None:
+    def ensure_room(self, buffer: KvBuffer, need: int, evictor: ContextEvictor | None
+                    ) -> None:
         if len(buffer.tokens) + need > self.ctx_size:
             assert evictor is not None, "generate() keeps within the context"
             evictor.make_room(buffer, need)
 
+    # -- generation -----------------------------------------------------------------------
     def generate(self, prompt_ids: list[int], params: SamplingParams,
                  cancelled: Callable[[], bool] | None = None) -> Iterator[TokenEvent]:
-        """Yields the generated tokens. Raises ValueError for a prompt that is empty or
-        leaves no room in the context (unless the policy's ``allow_evict``: then the
-        context makes room by evicting, and a generation ends only at a stop or
-        ``max_tokens``); ModelError when onnxruntime fails."""
-        self._check(prompt_ids, self.allow_evict)
+        """Yields the generated tokens, stepping the batch scheduler on the calling thread
+        (which must be the only one stepping it: the server's worker, a test, a tool).
+        Raises ValueError for a prompt that is empty or leaves no room in the context
+        (unless the policy's ``allow_evict``: then the context makes room by evicting, and
+        a generation ends only at a stop or ``max_tokens``); ModelError when onnxruntime
+        fails."""
+        self.check(prompt_ids, self.allow_evict)
         return self._generate(list(prompt_ids), params, cancelled)
 
-    def _check(self, prompt_ids: list[int], evicting: bool) -> None:
+    def check(self, prompt_ids: list[int], evicting: bool) -> None:
         if not prompt_ids:
             raise ValueError("the prompt is empty")
         if len(prompt_ids) >= self.ctx_size and not evicting:
@@ -390,74 +382,53 @@ class LoadedModel:
         if any(not 0 <= t < vocab for t in prompt_ids):
             raise ValueError(f"token ids must be between 0 and {vocab - 1}")
 
+    def _generate(self, prompt: list[int], params: SamplingParams,
+                  cancelled: Callable[[], bool] | None) -> Iterator[TokenEvent]:
+        events: deque[TokenEvent] = deque()
+        ended: list[BaseException | None] = []
+        sequence, _ = self.scheduler.submit(prompt, params, events.append, ended.append,
+                                            runner=False)
+        try:
+            while True:
+                while events:
+                    yield events.popleft()
+                if ended:
+                    if ended[0] is not None:
+                        raise ended[0]
+                    return
+                if cancelled is not None and cancelled():
+                    sequence.cancelled.set()
+                self.scheduler.step()
+        finally:
+            if not ended:  # closed early: the row goes back before this returns
+                sequence.cancelled.set()
+                while not ended:
+                    self.scheduler.step()
+
     def next_logits(self, prompt_ids: list[int]) -> np.ndarray:
         """The logits [vocab] of the token after ``prompt_ids``, computed as a generation's
         first token is (prefix reuse included); the prompt's KV is parked as a
         generation's is. For quality checks: restored KV against a cold run."""
-        evictor = self._evicting(self.follow_policy())
-        self._check(prompt_ids, evictor is not None)
+        evictor = self.evicting(self.follow_policy())
+        self.check(prompt_ids, evictor is not None)
         limit = len(prompt_ids) - 1
         buffer = self.pool.take(prompt_ids, limit)
         try:
             reuse = min(buffer.common_prefix(prompt_ids), limit) \
                 if self.options.prefix_cache else 0
-            return self._prefill(buffer, list(prompt_ids), reuse, evictor)
+            buffer.keep_prefix(reuse)
+            logits: np.ndarray | None = None
+            step = PREFILL_CHUNK if evictor is None else min(PREFILL_CHUNK, self.ctx_size // 4)
+            position = reuse  # a prompt position: eviction shortens buffer.tokens
+            while position < len(prompt_ids):
+                chunk = prompt_ids[position:position + step]
+                self.ensure_room(buffer, len(chunk), evictor)
+                logits = self.run_row(buffer, chunk, len(buffer.tokens))
+                buffer.tokens.extend(chunk)
+                position += len(chunk)
+            assert logits is not None
+            return logits
         finally:
-            try:
-                self.follow_policy()
-            finally:
-                self.pool.give_back(buffer)
-
-    def _generate(self, prompt: list[int], params: SamplingParams,
-                  cancelled: Callable[[], bool] | None) -> Iterator[TokenEvent]:
-        counters = self.counters
-        started = time.perf_counter()
-        evictor = self._evicting(self.follow_policy())
-        self._check(prompt, evictor is not None)  # the policy may have changed since
-        # At least the last prompt token runs again: its logits give the first token.
-        limit = len(prompt) - 1
-        buffer = self.pool.take(prompt, limit)
-        try:
-            reuse = min(buffer.common_prefix(prompt), limit) if self.options.prefix_cache else 0
-            counters.generations += 1
-            counters.prompt_tokens += len(prompt)
-            counters.reused_tokens += reuse
-            if reuse > 0:
-                counters.prefix_hits += 1
-            else:
-                counters.prefix_misses += 1
-            logits = self._prefill(buffer, prompt, reuse, evictor)
-            counters.prefill_s += time.perf_counter() - started
-            rng = np.random.default_rng(params.seed)
-            detok = Detokenizer(self.tokenizer, skip=self.stop_ids)
-            history = list(prompt)
-            limit = params.max_tokens if evictor is not None else \
-                min(params.max_tokens, self.ctx_size - len(prompt))
-            for produced in range(1, limit + 1):
-                if cancelled is not None and cancelled():
-                    return
-                token = next_token(logits, temperature=params.temperature, top_k=params.top_k,
-                                   top_p=params.top_p, repeat_penalty=params.repeat_penalty,
-                                   history=history, rng=rng)
-                counters.generated_tokens += 1
-                history.append(token)
-                cached = reuse if produced == 1 else 0
-                if token in self.stop_ids:
-                    yield TokenEvent(token, detok.flush(), "stop", cached)
-                    return
-                text = detok.push(token)
-                if produced == limit:
-                    yield TokenEvent(token, text + detok.flush(), "length", cached)
-                    return
-                yield TokenEvent(token, text, None, cached)
-                started = time.perf_counter()
-                self._ensure_room(buffer, 1, evictor)
-                logits = self._run(buffer, [token], len(buffer.tokens))
-                buffer.tokens.append(token)
-                counters.decode_s += time.perf_counter() - started
-        finally:
-            # buffer.tokens are exactly the positions whose KV was written: those are
-            # parked, under the policy in effect now (it may have changed meanwhile)
             try:
                 self.follow_policy()
             finally:

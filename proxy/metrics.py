@@ -24,6 +24,8 @@ TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4
 # Inter-token gaps are finer than TPOT: a 135M model on CPU streams every ~10 ms.
 GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25,
                0.5, 1.0, 2.5)
+# A request's share of speculative drafts accepted (0..1).
+ACCEPT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 MAX_MODEL_LABELS = 32
 
 
@@ -51,6 +53,11 @@ class ProxyMetrics:
             "inferos_inter_token_gap_seconds",
             "Gap between consecutive streamed tokens",
             labels, registry=registry, buckets=GAP_BUCKETS)
+        self.spec_accept = Histogram(
+            "inferos_request_spec_accept_ratio",
+            "Share of a request's speculative drafts that were accepted (timings.draft_n, "
+            "draft_n_accepted), for requests that drafted",
+            labels, registry=registry, buckets=ACCEPT_BUCKETS)
         self.requests = Counter(
             "inferos_requests",
             "Requests forwarded, by outcome as the proxy saw it",
@@ -85,6 +92,8 @@ class ProxyMetrics:
             self.ttft.labels(model, route).observe(record.ttft_s)
         if record.tpot_s is not None:
             self.tpot.labels(model, route).observe(record.tpot_s)
+        if record.spec_accept is not None:
+            self.spec_accept.labels(model, route).observe(record.spec_accept)
         if record.gaps_s:
             gaps = self.gaps.labels(model, route)
             for gap in record.gaps_s:

@@ -2,8 +2,11 @@
 
 Token counts come, in order of trust, from the response's ``usage``, from llama.cpp's
 ``timings``, or are counted (one SSE chunk with content = one token, as llama.cpp and
-Lemonade stream) or estimated (4 characters a token); ``token_source`` says which. Nothing in
-a record holds prompt or completion text: only counts, times, and a model name.
+Lemonade stream) or estimated (4 characters a token); ``token_source`` says which.
+Speculation counts (``draft_n``, ``draft_n_accepted``) come only from ``timings``, as llama.cpp's
+server and the embedded engine report them; a backend that does not speculate leaves them
+None. Nothing in a record holds prompt or completion text: only counts, times, and a model
+name.
 """
 
 from __future__ import annotations
@@ -36,6 +39,17 @@ class RequestRecord:
     prompt_source: str
     completion_source: str
     in_band_error: bool
+    draft_tokens: int | None = None     # timings.draft_n: tokens drafted by speculation
+    draft_accepted: int | None = None   # timings.draft_n_accepted
+
+    @property
+    def spec_accept(self) -> float | None:
+        """This request's share of drafted tokens accepted; None when it drafted none
+        (or its backend does not say)."""
+        drafted, accepted = self.draft_tokens, self.draft_accepted
+        if drafted is None or accepted is None or drafted == 0 or accepted > drafted:
+            return None
+        return accepted / drafted
 
 
 @dataclass(slots=True)
@@ -166,7 +180,10 @@ def build_record(obs: Observation) -> RequestRecord:
         completion = _int(resp.usage.get("completion_tokens", resp.usage.get("output_tokens")))
         prompt_source = "usage" if prompt is not None else "none"
         completion_source = "usage" if completion is not None else "none"
+    drafted = accepted = None
     if resp.timings is not None:
+        drafted = _int(resp.timings.get("draft_n"))
+        accepted = _int(resp.timings.get("draft_n_accepted"))
         if prompt is None and _int(resp.timings.get("prompt_n")) is not None:
             prompt, prompt_source = _int(resp.timings.get("prompt_n")), "timings"
         if completion is None and _int(resp.timings.get("predicted_n")) is not None:
@@ -204,4 +221,6 @@ def build_record(obs: Observation) -> RequestRecord:
         prompt_source=prompt_source,
         completion_source=completion_source,
         in_band_error=resp.in_band_error,
+        draft_tokens=drafted,
+        draft_accepted=accepted if drafted is not None else None,
     )

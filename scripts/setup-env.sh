@@ -3,7 +3,8 @@
 #   scripts/setup-env.sh run    serving + model preparation
 #   scripts/setup-env.sh test   everything, including the llama.cpp server and test tools
 # Slow steps are cached under ${INFEROS_CACHE:-~/.cache/inferos}: the llama-cpp-python wheel
-# (a 5-8 minute compile) is built once and reinstalled from the cache in seconds.
+# (a 5-8 minute compile) is built once and reinstalled from the cache in seconds, and so is
+# llama-server (scripts/build-llama-server.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-run}"
@@ -43,6 +44,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "${pip[@]}" install --find-links "$wheels" "llama-cpp-python[server]==$llama_version"
   fi
   echo "$want" > "$stamp"
+fi
+
+# llama.cpp's own server (what Lemonade's llamacpp recipe runs): the llamacpp backend and the
+# benchmarks' peer. Built once (7-14 minutes on 2 cores), then the script returns at once;
+# outside the stamp block so that a cache removed since the last install is rebuilt.
+if [ "$what" = test ]; then
+  scripts/build-llama-server.sh
 fi
 
 # Debian's Prometheus (and promtool), for the operations tests; its service is never used:

@@ -5,7 +5,8 @@ Which backend, in this order:
 1. ``--upstream URL`` (or ``upstream.url`` / ``INFEROS_UPSTREAM``): a Lemonade server or
    anything OpenAI-compatible; the controller reconfigures it through Lemonade's ``/load``.
 2. ``--backend llamacpp --model FILE.gguf``: llama.cpp's OpenAI server, started and
-   reconfigured blue/green by the controller.
+   reconfigured blue/green by the controller: llama.cpp's own ``llama-server`` (8 slots)
+   where ``scripts/build-llama-server.sh`` built it, else llama-cpp-python's server.
 3. Otherwise a Lemonade answering on its default ports (13305, then 8000), unless
    ``--backend engine`` asks for the embedded engine outright.
 4. Otherwise the embedded engine: the model is prepared if needed (cached), the engine runs
@@ -101,8 +102,12 @@ async def _choose_backend(config: Config, explicit_backend: str | None
 
 
 def _llamacpp_backend(config: Config) -> Backend:
-    from inferos.controller.backend_child import llamacpp_launcher
+    from inferos.controller.backend_child import (
+        llama_cpp_python_launcher,
+        llama_server_launcher,
+    )
     from inferos.controller.decisions import starting_settings
+    from inferos.controller.llama_server import find_llama_server
     from inferos.controller.managed_backend import LLAMACPP, ManagedBackend
     from inferos.errors import ConfigError
 
@@ -112,8 +117,15 @@ def _llamacpp_backend(config: Config) -> Backend:
                           key="engine.model")
     path = Path(model).resolve()
     alias = path.stem
-    return ManagedBackend(LLAMACPP, llamacpp_launcher(str(path), alias),
-                          starting_settings(config.policy()))
+    binary = find_llama_server()
+    if binary is not None:
+        _say(f"llamacpp backend: {binary.describe()} ({binary.path})")
+        launcher = llama_server_launcher(binary, str(path), alias)
+    else:
+        _say("llamacpp backend: llama-server is not built (scripts/build-llama-server.sh); "
+             "running llama-cpp-python's server")
+        launcher = llama_cpp_python_launcher(str(path), alias)
+    return ManagedBackend(LLAMACPP, launcher, starting_settings(config.policy()))
 
 
 async def _engine_backend(config: Config) -> Backend:

@@ -53,6 +53,12 @@ async def agent(llama_server: RunningServer, tmp_path: Path):  # type: ignore[no
     ({"kv": {"cache_type": "q3_k"}}, "kv.cache_type"),
     ({"io": {"host_pool_bytes": "lots"}}, "io.host_pool_bytes"),
     ({"scheduler": {"mode": "turbo"}}, "scheduler.mode"),
+    ({"scheduler": {"max_batch": 17}}, "scheduler.max_batch"),
+    ({"scheduler": {"max_queue": -1}}, "scheduler.max_queue"),
+    ({"scheduler": {"tpot_budget_ms": 0}}, "scheduler.tpot_budget_ms"),
+    ({"speculation": {"enabled": "yes"}}, "speculation.enabled"),
+    ({"speculation": {"max_draft": 65}}, "speculation.max_draft"),
+    ({"speculation": {"draft": 4}}, "speculation.draft"),
     ({"backend": {"ctx_size": 16}}, "backend.ctx_size"),
     ({"nonsense": 1}, "nonsense"),
     ([1, 2], "(body)"),
@@ -133,8 +139,9 @@ async def test_metrics_shape_and_openapi(agent: Agent) -> None:
     assert metrics["mem"]["vram_gb"] is None and metrics["util"]["npu"] is None
     assert metrics["mem"]["host_gb"] > 0 and set(metrics["mem"]["kv_levels"]) == {
         "L0", "L1", "L2", "L3"}
-    # No backend is tuned here, so no KV type was verified in effect: nothing measured.
-    assert metrics["quality"]["delta_ppl_est"] is None
+    # No backend is tuned here, so no KV type was verified in effect: nothing measured;
+    # and this llama.cpp server does not speculate: no acceptance, never invented.
+    assert metrics["quality"] == {"delta_ppl_est": None, "spec_accept": None}
     spec = await _get(agent.proxy.admin_url + "/openapi.json")
     assert {"/v1/policy", "/v1/run-context", "/v1/metrics", "/v1/health"} <= set(spec["paths"])
 
@@ -169,8 +176,10 @@ async def test_telemetry_files_have_the_seed_fields_and_no_user_text(
     assert metric_files and event_files
     lines = [json.loads(x) for x in metric_files[0].read_text().splitlines()]
     fields = ("t", "model", "seq_len", "batch", "tps", "ftl", "p95", "vram", "host_mem",
-              "npu_util", "igpu_util", "kv_L0", "kv_L1", "kv_L2", "kv_L3", "delta_ppl_est")
+              "npu_util", "igpu_util", "kv_L0", "kv_L1", "kv_L2", "kv_L3", "delta_ppl_est",
+              "spec_accept")
     assert all(tuple(line) == fields for line in lines)
+    assert all(line["spec_accept"] is None for line in lines)  # llama.cpp, not speculating
     assert any(line["model"] == "smollm2" and line["ftl"] for line in lines)
     events = [json.loads(x)["event"] for x in event_files[0].read_text().splitlines()]
     assert "policy" in events

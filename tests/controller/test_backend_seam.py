@@ -62,3 +62,46 @@ def test_capabilities_come_from_the_servers_own_health() -> None:
                                                                "recipe_options": {}}]}))
     assert engine.kind == "engine" and engine.of("kv.recent_window").applicable
     assert not engine.of("kv.cache_type").applicable
+
+
+def test_the_live_payload_is_a_body_the_engine_parses() -> None:
+    """What POST /v1/policy set is what the engine's own parser reads from the body."""
+    from inferos.controller.backend import live_payload
+    from inferos.controller.policy import Policy, apply_patch
+    from inferos.controller.policy_report import live_keys
+    from inferos.engine.engine_policy import dotted, parse_policy
+
+    policy = apply_patch(Policy(), {"scheduler": {"max_batch": 3, "max_queue": 0,
+                                                  "tpot_budget_ms": 250},
+                                    "speculation": {"enabled": False, "max_draft": 16}})
+    body = live_payload(live_keys(policy), 42)
+    assert body["scheduler"]["max_batch"] == 3
+    assert body["speculation"] == {"enabled": False, "max_draft": 16}
+    engine = parse_policy(body)
+    assert (engine.version, engine.max_batch, engine.max_queue, engine.tpot_budget_ms,
+            engine.speculation, engine.max_draft) == (42, 3, 0, 250.0, False, 16)
+    # every live key the controller sends is a key the engine acknowledges, and no other
+    assert set(dotted(engine)) == set(live_keys(policy))
+
+
+def test_the_scheduling_keys_are_the_engines_alone_with_the_reason() -> None:
+    from inferos.controller import backend as b
+    from inferos.controller.lemonade_backend import NO_SCHEDULER
+    from inferos.controller.managed_backend import managed_capabilities
+
+    python = capabilities_of(flavor_of({"status": "ok", "model_loaded": "m"}))
+    cpp = capabilities_of(flavor_of({"version": "9.1.4", "model_loaded": "m",
+                                     "all_models_loaded": [{"model_name": "m",
+                                                            "recipe": "llamacpp"}]}))
+    engine = capabilities_of(flavor_of({"version": "11.5.0", "model_loaded": "m",
+                                        "all_models_loaded": [{"model_name": "m",
+                                                               "recipe": "inferos-ort"}]}))
+    llamacpp = managed_capabilities(LLAMACPP)
+    for key in b.SCHEDULING_KEYS:
+        assert python.of(key).reason == cpp.of(key).reason == NO_SCHEDULER
+        assert not python.of(key).applicable and not cpp.of(key).applicable
+        assert engine.of(key).how == managed_capabilities(ENGINE).of(key).how == b.LIVE
+        assert not llamacpp.of(key).applicable and "llama.cpp" in llamacpp.of(key).reason
+    max_batch = llamacpp.of("scheduler.max_batch").reason
+    assert "-np" in max_batch and "restart" in max_batch
+    assert "--draft-max" in llamacpp.of("speculation.max_draft").reason

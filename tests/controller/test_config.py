@@ -201,3 +201,51 @@ def test_the_failsafe_bound_declared_is_the_one_the_failsafe_defaults_to() -> No
 
     declared = BY_PATH["infer_os.failsafe.stale_after_ms"].default
     assert declared / 1000 == FailsafeSettings().stale_after_s
+
+
+SCHEDULING = """
+infer_os:
+  scheduler: {max_batch: 4, max_queue: 0, tpot_budget_ms: 250}
+  speculation: {enabled: false, max_draft: 16}
+"""
+
+
+def test_the_scheduling_settings_load_from_the_file_then_the_environment(
+        tmp_path: Path) -> None:
+    path = _write(tmp_path, SCHEDULING)
+    policy = load_config(path, env={}).policy()
+    assert (policy.scheduler.max_batch, policy.scheduler.max_queue,
+            policy.scheduler.tpot_budget_ms) == (4, 0, 250.0)
+    assert (policy.speculation.enabled, policy.speculation.max_draft) == (False, 16)
+    overridden = load_config(path, env={"INFEROS_INFER_OS_SCHEDULER_MAX_BATCH": "2",
+                                        "INFEROS_INFER_OS_SPECULATION_ENABLED": "yes",
+                                        "INFEROS_INFER_OS_SCHEDULER_TPOT_BUDGET_MS": "50"}
+                             ).policy()
+    assert overridden.scheduler.max_batch == 2 and overridden.speculation.enabled is True
+    assert overridden.scheduler.tpot_budget_ms == 50.0
+    assert overridden.speculation.max_draft == 16 and overridden.scheduler.max_queue == 0
+    default = load_config(None, env={}).policy()
+    assert (default.scheduler.max_batch, default.scheduler.max_queue,
+            default.scheduler.tpot_budget_ms, default.speculation.enabled,
+            default.speculation.max_draft) == (8, 32, 100.0, True, 8)
+
+
+@pytest.mark.parametrize(("text", "key", "line"), [
+    ("infer_os:\n  scheduler:\n    max_batch: 17\n", "infer_os.scheduler.max_batch", 3),
+    ("infer_os:\n  scheduler: {max_queue: -1}\n", "infer_os.scheduler.max_queue", 2),
+    ("infer_os:\n  scheduler: {tpot_budget_ms: 0.5}\n", "infer_os.scheduler.tpot_budget_ms", 2),
+    ("infer_os:\n  speculation: {enabled: maybe}\n", "infer_os.speculation.enabled", 2),
+    ("infer_os:\n\n  speculation:\n    max_draft: 65\n", "infer_os.speculation.max_draft", 4),
+    ("infer_os:\n  speculation: {draft: 4}\n", "infer_os.speculation.draft", 2),
+])
+def test_bad_scheduling_settings_name_the_key_and_line(tmp_path: Path, text: str, key: str,
+                                                        line: int) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text), env={})
+    assert info.value.key == key and info.value.line == line
+
+
+def test_a_bad_scheduling_environment_override_names_the_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"INFEROS_INFER_OS_SPECULATION_MAX_DRAFT": "0"})
+    assert info.value.key == "infer_os.speculation.max_draft"

@@ -393,3 +393,57 @@ def test_a_profile_then_the_fields_keeping_mode_and_pins() -> None:
 def test_the_readme_reference_table_is_the_declarations() -> None:
     assert reference_table() in README.read_text()
     assert len(reference_table().splitlines()) == len(SETTINGS) + 2
+
+
+def test_the_scheduling_keys_have_the_engines_bounds_and_defaults() -> None:
+    """The controller refuses exactly what the engine would: the same bounds, declared on
+    both sides of the control API, and the same defaults."""
+    from inferos.controller.backend import SCHEDULING_KEYS
+    from inferos.engine.api_errors import ApiError
+    from inferos.engine.engine_policy import POLICY_KEYS, EnginePolicy, dotted
+
+    engine = {key.name: key.parse for key in POLICY_KEYS}
+    defaults = dotted(EnginePolicy())
+    for key in SCHEDULING_KEYS:
+        setting, parse = POLICY_SETTINGS[key], engine[key]
+        assert setting.default == defaults[key], key
+        kind = setting.kind
+        if isinstance(kind, Bool):
+            assert parse(key, True) is True and parse(key, False) is False
+            continue
+        assert isinstance(kind, Int | Float) and kind.minimum is not None
+        assert kind.maximum is not None
+        for inside in (kind.minimum, kind.maximum):
+            assert parse(key, inside) == inside
+            assert flatten(apply_patch(Policy(), _nested(key, inside)))[key] == inside
+        for outside in (kind.minimum - 1, kind.maximum + 1):
+            with pytest.raises(ApiError):
+                parse(key, outside)
+            with pytest.raises(ConfigError) as info:
+                apply_patch(Policy(), _nested(key, outside))
+            assert info.value.key == key
+
+
+def test_the_scheduling_keys_in_the_openapi_schema() -> None:
+    schema = policy_request_schema()
+    batch = _at(schema, "scheduler.max_batch")
+    assert (batch["type"], batch["minimum"], batch["maximum"], batch["default"]) == (
+        "integer", 1, 16, 8)
+    assert _at(schema, "scheduler.max_queue")["maximum"] == 4096
+    budget = _at(schema, "scheduler.tpot_budget_ms")
+    assert (budget["type"], budget["minimum"], budget["maximum"]) == ("number", 1.0, 60000.0)
+    assert _at(schema, "speculation.enabled")["type"] == "boolean"
+    assert _at(schema, "speculation.max_draft")["maximum"] == 64
+
+
+def test_every_profile_keeps_the_scheduler_and_speculation_defaults() -> None:
+    for name, bundle in PROFILE_POLICIES.items():
+        assert bundle.speculation == Policy().speculation, name
+        assert (bundle.scheduler.max_batch, bundle.scheduler.max_queue,
+                bundle.scheduler.tpot_budget_ms) == (8, 32, 100.0), name
+    tuned = apply_patch(Policy(), {"scheduler": {"max_batch": 2}, "speculation": {
+        "enabled": False}})
+    aggressive = apply_patch(tuned, {"profile": "aggressive", "speculation": {"max_draft": 4}})
+    # a profile is a starting point: it brings its bundle, then the fields given
+    assert aggressive.scheduler.max_batch == 8 and aggressive.speculation.enabled is True
+    assert aggressive.speculation.max_draft == 4

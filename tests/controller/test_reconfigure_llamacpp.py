@@ -1,5 +1,6 @@
 """Changing KV types and context through the agent API reaches a real llama.cpp server,
-blue/green, while requests keep flowing: none fails."""
+blue/green, while requests keep flowing: none fails. Both servers the llamacpp backend
+runs: llama.cpp's own llama-server (where it is built) and llama-cpp-python's."""
 
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ import aiohttp
 import pytest
 
 from inferos.controller.agent import Agent
-from inferos.controller.backend_child import llamacpp_launcher
+from inferos.controller.backend_child import (
+    Launcher,
+    llama_cpp_python_launcher,
+    llama_server_launcher,
+    read_llamacpp_argv,
+)
 from inferos.controller.cache_types import by_name
 from inferos.controller.decisions import starting_settings
+from inferos.controller.llama_server import find_llama_server
 from inferos.controller.managed_backend import LLAMACPP, ManagedBackend
 from inferos.tasks import TaskGroup
 from tests.backends import smollm2_gguf
@@ -21,26 +28,33 @@ from tests.controller.conftest import controller_settings, policy, proxy_setting
 from tests.controller.steady_load import steady_load
 
 pytestmark = pytest.mark.llamacpp
+BINARY = find_llama_server()
 
 
-def _arg(argv: list[str], flag: str) -> str:
-    return argv[argv.index(flag) + 1]
+def _launcher(server: str) -> Launcher:
+    if server == "llama-cpp-python":
+        return llama_cpp_python_launcher(str(smollm2_gguf()), "smollm2")
+    if BINARY is None:
+        pytest.skip("llama-server is not built: run scripts/build-llama-server.sh "
+                    "(scripts/test builds it)")
+    return llama_server_launcher(BINARY, str(smollm2_gguf()), "smollm2")
 
 
+@pytest.mark.parametrize("server", ["llama-server", "llama-cpp-python"])
 async def test_policy_change_reaches_the_backend_with_zero_failed_requests(
-    tmp_path: Path,
+    tmp_path: Path, server: str,
 ) -> None:
     start_policy = policy("safe")  # f16 KV
     settings = starting_settings(start_policy, ctx_size=2048)
-    backend = ManagedBackend(LLAMACPP, llamacpp_launcher(str(smollm2_gguf()), "smollm2"),
-                             settings)
+    backend = ManagedBackend(LLAMACPP, _launcher(server), settings)
     agent = Agent(proxy_settings(), start_policy, controller_settings(tmp_path), backend)
     # The balanced profile's q8_0 is taken only if its measured cost fits the budget.
     want_q8 = (by_name("q8_0").delta_ppl is not None
                and by_name("q8_0").delta_ppl <= 0.5)  # type: ignore[operator]
     async with agent:
         first = await backend.describe()
-        assert _arg(first["argv"], "--type_k") == "1"  # f16
+        assert first["server"].startswith(server)
+        assert read_llamacpp_argv(first["argv"])["cache_type"] == "f16"
         stop, results = asyncio.Event(), []
         tasks = TaskGroup()
         load = steady_load(agent.proxy.proxy_url + "/v1/chat/completions", stop, results,
@@ -66,11 +80,11 @@ async def test_policy_change_reaches_the_backend_with_zero_failed_requests(
         while len(tasks):
             await asyncio.sleep(0.05)
         after = await backend.describe()
-        argv = after["argv"]
+        started_with = read_llamacpp_argv(after["argv"])  # either server's command line
         if want_q8:
-            assert _arg(argv, "--type_k") == "8" and _arg(argv, "--type_v") == "8"  # q8_0
-            assert _arg(argv, "--flash_attn") == "true"
-        assert _arg(argv, "--n_ctx") == "4096"
+            assert started_with["cache_type"] == "q8_0"  # K and V both
+            assert started_with["flash_attn"]
+        assert started_with["ctx_size"] == 4096
         assert after["pid"] != first["pid"]
         assert results and all(code == 200 for code in results), results
         async with aiohttp.ClientSession() as client:
@@ -78,6 +92,7 @@ async def test_policy_change_reaches_the_backend_with_zero_failed_requests(
                 health = await resp.json()
         assert health["status"] == "ok"
         assert health["backend_settings"]["ctx_size"] == 4096  # read back from the process
+        assert health["backend"]["version"].startswith(server)
         assert health["policy_status"]["backend.ctx_size"]["status"] == "applied"
         if want_q8:
             assert health["backend_settings"]["cache_type"] == "q8_0"

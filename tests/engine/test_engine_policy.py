@@ -31,7 +31,9 @@ BODY: dict[str, Any] = {
            "allow_evict": True},
     "io": {"host_pool_bytes": 512 * 2**20},
     "quality": {"max_delta_ppl": 0.1, "min_accept_rate": 0.6},
-    "scheduler": {"mode": "hybrid", "prefill_device": "dml", "decode_device": "npu"},
+    "scheduler": {"mode": "hybrid", "prefill_device": "dml", "decode_device": "npu",
+                  "max_batch": 4, "max_queue": 16, "tpot_budget_ms": 80.0},
+    "speculation": {"enabled": False, "max_draft": 6},
 }
 
 
@@ -64,7 +66,8 @@ def test_a_whole_body_parses_to_the_policy_it_states() -> None:
         version=3, recent_window=128, sink_tokens=8,
         thresholds=LevelThresholds(0.9, 0.8, 0.7), allow_evict=True,
         host_pool_bytes=512 * 2**20, max_delta_ppl=0.1, min_accept_rate=0.6,
-        scheduler_mode="hybrid", prefill_device="dml", decode_device="npu")
+        scheduler_mode="hybrid", prefill_device="dml", decode_device="npu",
+        max_batch=4, max_queue=16, tpot_budget_ms=80.0, speculation=False, max_draft=6)
     assert dotted(policy) == {
         "kv.recent_window": 128, "kv.sink_tokens": 8,
         "kv.level_thresholds.L1_int8": 0.9, "kv.level_thresholds.L2_int4": 0.8,
@@ -72,7 +75,9 @@ def test_a_whole_body_parses_to_the_policy_it_states() -> None:
         "io.host_pool_bytes": 512 * 2**20,
         "quality.max_delta_ppl": 0.1, "quality.min_accept_rate": 0.6,
         "scheduler.mode": "hybrid", "scheduler.prefill_device": "dml",
-        "scheduler.decode_device": "npu"}
+        "scheduler.decode_device": "npu", "scheduler.max_batch": 4,
+        "scheduler.max_queue": 16, "scheduler.tpot_budget_ms": 80.0,
+        "speculation.enabled": False, "speculation.max_draft": 6}
     assert tuple(dotted(policy)) == DOTTED_KEYS
     # the parse table has one entry per body key; the thresholds object is one of them
     assert len(POLICY_KEYS) == len(DOTTED_KEYS) - 2

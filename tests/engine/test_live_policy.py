@@ -36,7 +36,9 @@ def body(version: int, **changes: Any) -> dict[str, Any]:
                "allow_evict": False},
         "io": {"host_pool_bytes": 4096 * 2**20},
         "quality": {"max_delta_ppl": 0.5, "min_accept_rate": 0.5},
-        "scheduler": {"mode": "cpu_only", "prefill_device": "cpu", "decode_device": "cpu"},
+        "scheduler": {"mode": "cpu_only", "prefill_device": "cpu", "decode_device": "cpu",
+                      "max_batch": 8, "max_queue": 32, "tpot_budget_ms": 100.0},
+        "speculation": {"enabled": True, "max_draft": 8},
     }
     for key, value in changes.items():
         section, leaf = key.split("__")
@@ -127,7 +129,7 @@ def test_post_acknowledges_every_key_and_stats_show_it(engine: RunningServer) ->
     assert not set(applied) & set(not_applicable)
     assert applied["kv.recent_window"] == 48 and applied["kv.sink_tokens"] == 8
     assert applied["io.host_pool_bytes"] == 2**30
-    assert "speculative" in not_applicable["quality.min_accept_rate"]
+    assert applied["quality.min_accept_rate"] == 0.5
     assert "not available on this machine; prefill runs on cpu" in \
         not_applicable["scheduler.prefill_device"]
     assert "not available on this machine; decode runs on cpu" in \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -52,6 +53,39 @@ def test_llamacpp_timings_are_used_when_usage_is_absent() -> None:
     assert record.prompt_source == record.completion_source == "timings"
 
 
+def test_speculation_counts_come_from_timings() -> None:
+    # The embedded engine's last chunk, as it streams one (llama.cpp's names).
+    last = {"choices": [{"delta": {}, "finish_reason": "length"}],
+            "timings": {"cache_n": 159, "prompt_n": 1, "predicted_n": 64, "queue_ms": 0.383,
+                        "draft_n": 16, "draft_n_accepted": 4}}
+    chunks = [_delta("a"), _delta("b"), b"data: " + json.dumps(last).encode() + b"\n\n"]
+    record = build_record(_obs({"model": "m", "stream": True}, chunks))
+    assert (record.draft_tokens, record.draft_accepted) == (16, 4)
+    assert record.spec_accept == 0.25
+    body = {"choices": [{"message": {"content": "x"}}], "timings": {"draft_n": 3,
+                                                                     "draft_n_accepted": 3}}
+    record = build_record(_obs({"model": "m"}, [json.dumps(body).encode()], "application/json"))
+    assert record.spec_accept == 1.0
+
+
+@pytest.mark.parametrize("timings", [
+    {"prompt_n": 7, "predicted_n": 2},              # llama.cpp not speculating: no draft_n
+    {"draft_n": 0, "draft_n_accepted": 0},          # the engine, nothing drafted
+    {"draft_n": 2, "draft_n_accepted": 5},          # not a share
+    {"draft_n": "2", "draft_n_accepted": 1},
+    {"draft_n": 4},
+])
+def test_no_acceptance_without_drafts(timings: dict[str, object]) -> None:
+    last = {"choices": [{"delta": {}, "finish_reason": "stop"}], "timings": timings}
+    chunks = [_delta("a"), b"data: " + json.dumps(last).encode() + b"\n\n"]
+    assert build_record(_obs({"model": "m", "stream": True}, chunks)).spec_accept is None
+
+
+def test_a_response_without_timings_has_no_draft_counts() -> None:
+    record = build_record(_obs({"model": "m", "stream": True}, [_delta("a")]))
+    assert record.draft_tokens is None and record.draft_accepted is None
+
+
 def test_counted_and_estimated_when_the_backend_reports_nothing() -> None:
     # Lemonade's Python ONNX streams: no usage, no finish chunk; a split event too.
     chunks = [_delta("Hello")[:10], _delta("Hello")[10:], _delta(" world")]
@@ -96,3 +130,4 @@ def test_any_bytes_at_all_never_break_observation(body: bytes, chunks: list[byte
     record = build_record(_obs(body, chunks, ctype))
     assert record.e2e_s >= 0
     assert record.completion_tokens is None or record.completion_tokens >= 0
+    assert record.spec_accept is None or 0.0 <= record.spec_accept <= 1.0
