@@ -9,7 +9,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -150,6 +150,7 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | s
                      max_leaves=10)
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(["queue_depth", "queue_wait_ms_p50", "batch_occupancy",
                                         "max_batch", "placement", "prefill_chunks",
                                         "speculation"]), _json))
@@ -160,6 +161,7 @@ def test_any_scheduler_block_parses_without_raising(block: dict[str, Any]) -> No
     assert parsed.prefill_chunks is None or parsed.prefill_chunks >= 0
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(["drafted", "accepted", "accept_rate",
                                         "sequences_stopped", "enabled"]), _json))
 def test_any_speculation_block_gives_a_share_or_none(block: dict[str, Any]) -> None:
