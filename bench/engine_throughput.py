@@ -112,13 +112,8 @@ QUICK = Plan((1, 2), (128,), 16, 2, 512, 32, 1, True)
 @contextlib.contextmanager
 def llama_server(threads: int, log_dir: Path, speculative: bool) -> Iterator[Side | str]:
     """llama-server -np 8 as a Side, or why there is none ("not built")."""
-    try:
-        from bench.llama_server_peer import ALIAS, PeerError, PeerSettings, running_peer
-    except ModuleNotFoundError as exc:
-        if exc.name != "bench.llama_server_peer":
-            raise
-        yield "not built (there is no bench/llama_server_peer.py)"
-        return
+    from bench.llama_server_peer import ALIAS, PeerError, PeerSettings, running_peer
+
     with contextlib.ExitStack() as stack:
         try:
             peer = stack.enter_context(running_peer(PeerSettings(threads=threads),

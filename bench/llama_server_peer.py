@@ -38,12 +38,12 @@ from inferos.controller.backend_child import HOST, free_port  # noqa: E402
 from inferos.controller.llama_server import LlamaServerBinary, find_llama_server  # noqa: E402
 from inferos.engine.prepare import SOURCES, gguf_path  # noqa: E402
 from inferos.errors import InferOSError  # noqa: E402
+from tests.backends import stop, wait_until_up  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 ALIAS = "smollm2"
 SPECULATION = ("--spec-type", "ngram-mod")
 START_TIMEOUT_S = 120.0
-STOP_GRACE_S = 15.0
 
 
 class PeerError(InferOSError, RuntimeError):
@@ -100,32 +100,6 @@ def speculative_command_line(port: int, settings: PeerSettings = PeerSettings(),
     return [*command_line(port, settings, binary=binary, gguf=gguf), *SPECULATION]
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=STOP_GRACE_S)
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path,
-                  timeout_s: float) -> None:
-    # /health answers 503 while the model loads and 200 once the slots are ready.
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise PeerError(f"llama-server exited with {process.returncode}:\n"
-                            + log_path.read_text(errors="replace")[-3000:])
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise PeerError(f"llama-server at {url} not healthy after {timeout_s:.0f} s")
-
-
 @contextlib.contextmanager
 def running_peer(settings: PeerSettings = PeerSettings(), *, speculative: bool = False,
                  log_dir: Path | None = None,
@@ -143,10 +117,14 @@ def running_peer(settings: PeerSettings = PeerSettings(), *, speculative: bool =
                                    stderr=subprocess.STDOUT)
     url = f"http://{HOST}:{port}"
     try:
-        _wait_healthy(url, process, log_path, start_timeout_s)
+        # /health answers 503 while the model loads and 200 once the slots are ready.
+        try:
+            wait_until_up(url + "/health", process, log_path, start_timeout_s)
+        except RuntimeError as exc:
+            raise PeerError(f"llama-server: {exc}") from exc
         yield RunningPeer(url, argv, process, log_path, binary)
     finally:
-        _stop(process)
+        stop(process)
 
 
 def _smoke(argv: Sequence[str] | None = None) -> int:

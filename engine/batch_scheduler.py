@@ -17,7 +17,8 @@ callers that drive it themselves, as ``LoadedModel.generate`` does). Each step:
    the chunk is sized so that their time per output token (this step's decode plus this
    chunk) stays within ``scheduler.tpot_budget_ms``, from measured costs: a fixed cost per
    run and a cost per prompt token, each a moving average. With nothing decoding, chunks
-   are full size. A sequence whose prefill ends joins the next decode step.
+   are full size (the costs: engine/step_costs.py). A sequence whose prefill ends joins the
+   next decode step.
 
 Speculation and batching: a verification runs one row alone (the graph's constraint), so
 with several rows decoding, each row verified in turn costs a run of its own where one
@@ -59,28 +60,19 @@ from inferos.engine.detokenize import Detokenizer
 from inferos.engine.prompt_lookup import draft
 from inferos.engine.sampling_params import SamplingParams, TokenEvent
 from inferos.engine.sequence import Sequence
+from inferos.engine.step_costs import PREFILL_CHUNK, StepCosts
 
 if TYPE_CHECKING:
     from inferos.engine.runtime import LoadedModel
 
-__all__ = ["BatchScheduler", "MIN_CHUNK", "PREFILL_CHUNK"]
+__all__ = ["BatchScheduler"]
 
 log = logging.getLogger(__name__)
 
-PREFILL_CHUNK = 256  # a 4k prompt's full logits would be 800 MB; chunks keep only the last
-MIN_CHUNK = 16       # the smallest chunk: a long prompt always makes progress
+# Until anything is drafted, the acceptance measured on grounded prompts with fp32 weights
+# (RUNTIME_FACTS.md: 39-56%) stands in.
 PRIOR_ACCEPT_RATE = 0.5
-_EWMA = 0.2
 _RECENT_WAITS = 256
-
-
-class _Ewma:
-    def __init__(self) -> None:
-        self.value: float | None = None
-
-    def add(self, sample: float) -> None:
-        self.value = sample if self.value is None else \
-            (1 - _EWMA) * self.value + _EWMA * sample
 
 
 class BatchScheduler:
@@ -91,12 +83,7 @@ class BatchScheduler:
         self._prefilling: deque[Sequence] = deque()
         self._decoding: list[Sequence] = []
         self._running = False
-        # measured costs (seconds): a batched decode step by width, a run's fixed cost,
-        # a prompt token's cost in a chunk
-        self._step_s: dict[int, _Ewma] = {}
-        self._run_fixed_s = _Ewma()
-        self._prefill_token_s = _Ewma()
-        self._verify_s = _Ewma()
+        self.costs = StepCosts()
         # counters, as stats() reports them
         self.decode_steps = 0
         self.decode_rows = 0        # sum of rows over decode steps: occupancy
@@ -257,33 +244,14 @@ class BatchScheduler:
             self._release(sequence, error)
 
     # -- prefill -------------------------------------------------------------------------
-    def chunk_size(self, sequence: Sequence, decoding: int, budget_s: float,
-                   step_s: float) -> int:
-        """Prompt tokens for the next chunk of ``sequence``: full size when nothing
-        decodes; otherwise what fits in the time-per-token budget beside this step."""
-        model = self.model
-        full = PREFILL_CHUNK if sequence.evictor is None else \
-            min(PREFILL_CHUNK, model.ctx_size // 4)
-        if decoding == 0:
-            return full
-        fixed, per_token = self._fixed_s(step_s), self._prefill_token_s.value
-        if per_token is None or per_token <= 0:
-            return min(full, 2 * MIN_CHUNK)  # not measured yet: small, then measured
-        room = budget_s - step_s - fixed
-        return max(MIN_CHUNK, min(full, int(room / per_token)))
-
-    def _fixed_s(self, step_s: float) -> float:
-        """A run's fixed cost (reading the weights once): measured on single-row decode
-        steps; until then, this step's decode time, which is at least that."""
-        fixed = self._run_fixed_s.value
-        return fixed if fixed is not None else step_s
-
     def _prefill_chunk(self, sequence: Sequence, decoding: int, budget_s: float,
                        step_s: float) -> None:
         model = self.model
         buffer = sequence.buffer
         assert buffer is not None
-        size = self.chunk_size(sequence, decoding, budget_s, step_s)
+        full = PREFILL_CHUNK if sequence.evictor is None else \
+            min(PREFILL_CHUNK, model.ctx_size // 4)
+        size = self.costs.chunk_size(full, decoding, budget_s, step_s)
         chunk = sequence.prompt[sequence.position:sequence.position + size]
         started = time.perf_counter()
         try:
@@ -298,8 +266,7 @@ class BatchScheduler:
         self.prefill_chunks += 1
         self.prefill_chunk_tokens += len(chunk)
         self.last_chunk = len(chunk)
-        if len(chunk) >= MIN_CHUNK:
-            self._prefill_token_s.add(max(elapsed - self._fixed_s(step_s), 0.0) / len(chunk))
+        self.costs.chunk(len(chunk), elapsed, step_s)
         if not sequence.prefilled:
             return
         model.counters.prefill_s += time.perf_counter() - (sequence.admitted_at or started)
@@ -340,44 +307,18 @@ class BatchScheduler:
             self._batched(rest)
 
     def _plan(self, rows: list[Sequence], max_draft: int) -> list[tuple[Sequence, list[int]]]:
-        """The rows to verify alone this step: the best prefix, by expected tokens per
-        verification, of those with a draft, if it beats batching them all (measured)."""
-        batched = self._step_s.get(len(rows))
-        verify_s = self._verify_s.value
-        if batched is None or batched.value is None or verify_s is None:
-            return []
-        # Until anything is drafted, the acceptance measured on grounded prompts with fp32
-        # weights (RUNTIME_FACTS.md: 39-56%) stands in.
+        """The rows to verify alone this step: the best of those with a draft, by expected
+        tokens per verification, as many as raise the step's measured tokens per second."""
         overall = self.accepted / self.drafted if self.drafted else PRIOR_ACCEPT_RATE
         candidates: list[tuple[float, Sequence, list[int]]] = []
         for sequence in rows:
-            if sequence.speculating:
-                proposal = self._draft(sequence, max_draft)
-                if proposal:
-                    candidates.append((sequence.tokens_per_verification(
-                        overall, len(proposal)), sequence, proposal))
+            proposal = self._draft(sequence, max_draft) if sequence.speculating else []
+            if proposal:
+                candidates.append((sequence.tokens_per_verification(overall, len(proposal)),
+                                   sequence, proposal))
         candidates.sort(key=lambda c: -c[0])
-        best_rate, best = len(rows) / batched.value, 0
-        tokens = 0.0
-        for k, (expected, _, _) in enumerate(candidates, start=1):
-            tokens += expected
-            left = len(rows) - k
-            cost = k * verify_s + self._rows_cost(left, batched.value)
-            rate = (tokens + left) / cost
-            if rate > best_rate:
-                best_rate, best = rate, k
+        best = self.costs.verify_alone(len(rows), [c[0] for c in candidates])
         return [(sequence, proposal) for _, sequence, proposal in candidates[:best]]
-
-    def _rows_cost(self, rows: int, fallback: float) -> float:
-        """A decode step's measured cost for ``rows`` rows (``fallback``: a wider one)."""
-        if rows == 0:
-            return 0.0
-        if rows == 1:
-            fixed = self._run_fixed_s.value
-            return fixed if fixed is not None else fallback
-        measured = self._step_s.get(rows)
-        return measured.value if measured is not None and measured.value is not None \
-            else fallback
 
     def _draft(self, sequence: Sequence, max_draft: int) -> list[int]:
         buffer = sequence.buffer
@@ -400,7 +341,7 @@ class BatchScheduler:
         except BaseException as exc:
             self._release(sequence, exc)
             return
-        self._run_fixed_s.add(time.perf_counter() - started)
+        self.costs.single_step(time.perf_counter() - started)
         self._count_step(1, batched=False)
         buffer.tokens.append(sequence.pending)
         self._emit(sequence, [sequence.sample(logits)])
@@ -417,7 +358,7 @@ class BatchScheduler:
         except BaseException as exc:
             self._release(sequence, exc)
             return
-        self._verify_s.add(time.perf_counter() - started)
+        self.costs.verification(time.perf_counter() - started)
         self.verify_runs += 1
         self._count_step(1, batched=False)
         buffer.tokens.extend(ids)
@@ -472,7 +413,7 @@ class BatchScheduler:
                 self._release(sequence, exc)
             return
         elapsed = time.perf_counter() - started
-        self._step_s.setdefault(len(rows), _Ewma()).add(elapsed)
+        self.costs.batched_step(len(rows), elapsed)
         self._count_step(len(rows), batched=True)
         for row, sequence in by_row.items():
             assert sequence.buffer is not None and sequence.pending is not None
@@ -503,7 +444,7 @@ class BatchScheduler:
                 raise AssertionError(f"row {row} is neither in use nor free")
 
     def _count_step(self, rows: int, *, batched: bool) -> None:
-        # a step that verified rows alone and batched the rest counts each run
+        """Counts one decode run (a step that verifies rows alone counts each of its runs)."""
         self.decode_steps += 1
         self.decode_rows += rows
         if batched:

@@ -73,11 +73,6 @@ class KvBuffer:
         """The leading tokens whose KV is exactly a prefill's: the reusable prefix."""
         return self.tokens if self.exact_len is None else self.tokens[:self.exact_len]
 
-    @classmethod
-    def allocate(cls, shape: KvShape) -> KvBuffer:
-        """A row of its own (a one-row batch buffer): for tools and tests."""
-        return BatchKv(shape, 1).row(0)
-
     def common_prefix(self, prompt: list[int]) -> int:
         """How many leading tokens of ``prompt`` this buffer already holds, exactly."""
         tokens = self.exact_tokens

@@ -19,8 +19,9 @@ waiting generations; past that ``admit`` raises ``QueueFull`` (an OpenAI-shaped 
 
 Live policy: ``policy`` is the ``EnginePolicy`` in effect, which outlives loads (a model
 loaded later takes it). ``set_policy`` answers at once, whatever the worker is doing: it
-swaps the loaded model's policy (a reference the scheduler reads at its next step) and, if
-the worker is idle, queues ``follow_policy`` on it, which re-levels the parked KV.
+swaps the loaded model's policy (a reference the scheduler reads at its next step, where it
+also re-levels the parked KV) and queues ``follow_policy`` on the worker, for when no
+generation is stepping.
 It never touches the store from the event loop.
 
 Cancellation: ``stream`` sets the sequence's cancelled flag when its consumer stops early

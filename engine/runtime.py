@@ -1,13 +1,15 @@
 """The engine core: a prepared ONNX model on plain ONNX Runtime, with a KV cache it owns.
 
 ``load_model`` opens a prepared folder (``engine/prepare.py``) and returns a
-``LoadedModel``: tokenizer, chat template, one ``InferenceSession`` and a pool of static
-KV buffers bound through ``IOBinding`` (``engine/kv_buffers.py``). ``generate`` prefills
-the prompt in chunks (a 4k prompt's full logits would be 800 MB; only the last row is
-needed), then decodes one token per run, yielding ``TokenEvent``s as they come.
+``LoadedModel``: tokenizer, chat template, one ``InferenceSession``, the rows of a static
+batch KV buffer bound through ``IOBinding`` (``engine/kv_buffers.py``) and the
+``BatchScheduler`` that steps its generations (``engine/batch_scheduler.py``). The runs
+themselves are here: ``run_row`` (one row, S tokens: prefill chunks, verifications) and
+``run_rows`` (one decode step of several rows). ``generate`` is one generation through the
+scheduler, stepped on the calling thread, yielding ``TokenEvent``s as they come.
 
 Prefix reuse: a prompt skips the prefill of its longest prefix whose KV is at hand, in the
-buffer it gets (the pool's free buffer remembers what it last held) or in the prefix cache
+row it gets (a free row remembers what it last held) or in the prefix cache
 (``engine/prefix_cache.py``: the KV of finished generations in a ``kvstore.KvStore`` under
 a byte budget, restored, dequantized if it was demoted, into the buffer). The reused
 tokens are reported on the first event (``cached_tokens``), as llama.cpp reports
@@ -24,8 +26,9 @@ once per generation: a generation never sees half a change. ``EngineOptions``'
 
 ``stats()`` is assembled in engine/runtime_stats.py.
 
-Everything here runs on one thread at a time (the server's ``ModelSlot`` worker): the
-session and the pool are not shared between concurrent generations.
+Everything here runs on one thread at a time (the server's ``ModelSlot`` worker, or the
+caller of ``generate``): concurrent generations share the session and the batch buffer
+only through the scheduler's steps.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from inferos.engine.batch_scheduler import PREFILL_CHUNK, BatchScheduler
+from inferos.engine.batch_scheduler import BatchScheduler
 from inferos.engine.chat_template import ChatTemplate
 from inferos.engine.context_eviction import ContextEvictor
 from inferos.engine.engine_policy import DEFAULT_HOST_POOL_BYTES, MAX_BATCH_LIMIT, EnginePolicy
@@ -51,6 +54,7 @@ from inferos.engine.prefix_cache import PrefixCache
 from inferos.engine.quality_guard import QualityGuard
 from inferos.engine.runtime_stats import NO_PARKED_KV, model_stats
 from inferos.engine.sampling_params import SamplingParams, TokenEvent
+from inferos.engine.step_costs import PREFILL_CHUNK
 from inferos.errors import ModelError
 from inferos.kvstore.rotary import measured_frequencies
 from inferos.kvstore.store import KvStoreConfig

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inferos.engine.batch_scheduler import PREFILL_CHUNK
 from inferos.engine.prompt_lookup import draft
 from inferos.engine.runtime import EngineOptions, LoadedModel, SamplingParams, load_model
 from inferos.engine.sampling_params import TokenEvent
+from inferos.engine.step_costs import PREFILL_CHUNK
 
 pytestmark = pytest.mark.model
 
