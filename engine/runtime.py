@@ -147,6 +147,9 @@ class LoadedModel:
         self._past = [(f"past_key_values.{i}.key", f"past_key_values.{i}.value")
                       for i in range(layers)]
         self._present = [(f"present.{i}.key", f"present.{i}.value") for i in range(layers)]
+        # past key, past value, present key, present value of each layer, for bindings
+        self._kv_names = [(pk, pv, ck, cv) for (pk, pv), (ck, cv)
+                          in zip(self._past, self._present, strict=True)]
         self.policy = EnginePolicy.starting(self.provider,
                                             host_pool_bytes=options.host_pool_bytes,
                                             allow_evict=options.kv_allow_evict)
@@ -278,17 +281,13 @@ class LoadedModel:
         return self.evictor is not None and self.policy.allow_evict
 
     # -- runs ---------------------------------------------------------------------------
-    def _names(self) -> list[tuple[str, str, str, str]]:
-        return [(pk, pv, ck, cv) for (pk, pv), (ck, cv) in zip(self._past, self._present,
-                                                               strict=True)]
-
     def run_row(self, buffer: KvBuffer, ids: list[int], past_len: int, *,
                 all_logits: bool = False) -> np.ndarray:
         """Runs ``ids`` on top of ``past_len`` cached tokens of one row, alone; the last
         position's logits [vocab], or every position's [len(ids), vocab]."""
         binding = buffer.binding
         if binding is None:
-            binding = buffer.binding = bind_rows(self.session, self._names(), buffer.keys,
+            binding = buffer.binding = bind_rows(self.session, self._kv_names, buffer.keys,
                                                  buffer.values, 1, self.kv_shape)
         binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
         binding.bind_cpu_input("attention_mask",
@@ -313,7 +312,7 @@ class LoadedModel:
         padding: its mask has ``lens[r] + 1`` ones). Logits [rows, vocab]."""
         width = len(inputs)
         batch = self.pool.batch
-        binding = batch.binding(self.session, width, self._names())
+        binding = batch.binding(self.session, width, self._kv_names)
         binding.bind_cpu_input("input_ids", np.asarray(inputs, dtype=np.int64)[:, None])
         sums = np.asarray(lens, dtype=np.int64) + 1
         mask = (np.arange(int(sums.max()))[None, :] < sums[:, None]).astype(np.int64)

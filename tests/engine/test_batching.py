@@ -232,6 +232,8 @@ def test_grounded_rows_in_a_batch_speculate_and_stay_exact(model: LoadedModel) -
     try:
         _alone(model, prompts[0], params)  # a record of acceptance on this kind of text
         before = (model.scheduler.verified_in_batch, model.scheduler.batched_steps)
+        # no reuse: a prefix restored from parked (quantized) KV may flip a near tie
+        model.pool.clear()
         runs = [_Run(model, p, params) for p in prompts]
         _step_until(model, lambda: all(r.ended for r in runs))
         assert [r.tokens for r in runs] == plain
