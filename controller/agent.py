@@ -5,6 +5,11 @@ Start order: the controller's thread first (it starts a managed backend, whose U
 proxy needs), then the listeners; stop order is the reverse. The fail-safe's watchdog
 runs on the proxy's event loop, owned by the admin app's cleanup context. The controller
 reaches the proxy only through ``proxy.data_plane``.
+
+The admin listener is guarded (``admin_guard.py``): an agent whose admin API would listen
+beyond loopback without a token refuses to be built (``ConfigError``). A backend Infer-OS
+runs itself may have a key (``ProxySettings.upstream_api_key``); the controller's own
+reads of the upstream send it as the proxy does.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from types import TracebackType
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
+from inferos.controller.admin_guard import AdminGuard, check_exposure
 from inferos.controller.agent_api import add_agent_api
 from inferos.controller.backend import Backend
 from inferos.controller.controller import Controller, ControllerSettings
@@ -35,7 +41,12 @@ class Agent:
                  *, registry: CollectorRegistry | None = None,
                  token_counters: dict[str, TokenCounter] | None = None,
                  admin_token: str | None = None,
+                 allowed_origins: tuple[str, ...] = (),
                  **controller_options: object) -> None:
+        check_exposure(proxy_settings.admin, admin_token)
+        if proxy_settings.upstream_api_key:
+            controller_settings = dataclasses.replace(
+                controller_settings, upstream_api_key=proxy_settings.upstream_api_key)
         self.registry = registry or CollectorRegistry()
         if registry is None:
             ProcessCollector(registry=self.registry)
@@ -51,8 +62,9 @@ class Agent:
         self.controller = Controller(plane, self.registry, policy, controller_settings,
                                      backend, stats=self.stats, token_counters=token_counters,
                                      **controller_options)  # type: ignore[arg-type]
-        add_agent_api(self.proxy.admin_app, self.controller,
-                      admin_host=proxy_settings.admin.host, token=admin_token)
+        add_agent_api(self.proxy.admin_app, self.controller, guard=AdminGuard.of(
+            proxy_settings.admin, token=admin_token,
+            allowed_hosts=proxy_settings.allowed_hosts, allowed_origins=allowed_origins))
         self.proxy.admin_app.cleanup_ctx.append(self._watchdog)
 
     async def _watchdog(self, app: web.Application) -> AsyncIterator[None]:

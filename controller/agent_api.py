@@ -8,24 +8,19 @@
     GET  /v1/health        {"status": "ok"|"degraded"|"passthrough", ...}
     GET  /openapi.json     this API, described
 
-Loopback is not a trust boundary: a web page in the user's browser can reach 127.0.0.1.
-So every request that changes state must come with ``Content-Type: application/json``
-(a page's form or ``no-cors`` fetch cannot send that without a CORS preflight, which this
-server never answers), no foreign ``Origin``, a ``Host`` that names this machine (DNS
-rebinding), and the admin token when one is set (``listen.admin_token``,
-``INFEROS_ADMIN_TOKEN``).
+Who may call it (Host, Origin, token, content type) is ``admin_guard.py``'s to decide; its
+middleware answers before any handler here runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from inferos.controller.admin_guard import AdminGuard
 from inferos.controller.controller import Controller
 from inferos.controller.openapi import build_openapi
 from inferos.controller.run_context import RunContext
@@ -34,56 +29,15 @@ from inferos.proxy.admin import HEALTH_PARTS
 
 CONTROLLER = web.AppKey("controller", Controller)
 MAX_BODY = 64 * 1024
-TOKEN_HEADER = "X-Inferos-Token"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 # How long POST /v1/policy waits for the engine to acknowledge live keys before answering
 # "pending" (the control API answers in milliseconds; a busy machine gets slack).
 LIVE_ACK_WAIT_S = 2.0
 
 
-def _forbidden(status: int, message: str) -> web.Response:
-    return web.json_response({"error": {"message": message, "param": None,
-                                        "type": "forbidden"}}, status=status)
-
-
-def _host_name(value: str) -> str:
-    return urlsplit("//" + value).hostname or ""
-
-
-def refuse_unsafe(request: web.Request, admin_host: str, token: str | None) -> web.Response | None:
-    """None when a state-changing request may proceed; else the answer that refuses it."""
-    if request.content_type != "application/json":
-        return _forbidden(415, "state-changing requests must be Content-Type: application/json")
-    host = _host_name(request.headers.get("Host", ""))
-    if host not in LOOPBACK_HOSTS and host != admin_host:
-        return _forbidden(403, f"Host {host!r} is not this machine's admin address")
-    origin = request.headers.get("Origin")
-    if origin is not None and _host_name(urlsplit(origin).netloc) not in (*LOOPBACK_HOSTS,
-                                                                         admin_host):
-        return _forbidden(403, "cross-origin requests may not change Infer-OS")
-    if token and not hmac.compare_digest(request.headers.get(TOKEN_HEADER, "").encode(),
-                                         token.encode()):
-        return _forbidden(401, f"missing or wrong {TOKEN_HEADER}")
-    return None
-
-
-@web.middleware
-async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
-    if request.method not in ("GET", "HEAD", "OPTIONS"):
-        refused = refuse_unsafe(request, request.app[ADMIN_HOST], request.app[ADMIN_TOKEN])
-        if refused is not None:
-            return refused
-    result: web.StreamResponse = await handler(request)
-    return result
-
-
-ADMIN_HOST = web.AppKey("admin_host", str)
-ADMIN_TOKEN = web.AppKey("admin_token", str)
-
-
 def _bad_request(message: str, param: str | None) -> web.Response:
     return web.json_response({"error": {"message": message, "param": param,
-                                        "type": "invalid_request_error"}}, status=400)
+                                        "type": "invalid_request_error",
+                                        "code": "invalid_value"}}, status=400)
 
 
 async def _json(request: web.Request) -> Any:
@@ -138,12 +92,12 @@ def _health_part(controller: Controller) -> dict[str, Any]:
     return part
 
 
-def add_agent_api(app: web.Application, controller: Controller, *, admin_host: str,
-                  token: str | None = None) -> None:
+def add_agent_api(app: web.Application, controller: Controller, *,
+                  guard: AdminGuard) -> None:
+    """The agent's routes on the admin app; ``guard`` covers every route of it, the
+    proxy's ``/metrics`` and ``/v1/health`` included."""
     app[CONTROLLER] = controller
-    app[ADMIN_HOST] = admin_host
-    app[ADMIN_TOKEN] = token or ""
-    app.middlewares.append(_guard)
+    app.middlewares.append(guard.middleware())
     app[HEALTH_PARTS].append(lambda: _health_part(controller))
     app.router.add_post("/v1/policy", post_policy)
     app.router.add_post("/v1/run-context", post_run_context)

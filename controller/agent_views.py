@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from inferos.controller import backend_stats, policy_report
 from inferos.controller.cache_types import by_name
+from inferos.controller.liveness import UNREACHABLE, UNRESPONSIVE
 
 if TYPE_CHECKING:
     from inferos.controller.controller import Controller
@@ -86,8 +87,15 @@ def health(controller: Controller) -> dict[str, Any]:
     caps, state = controller.capabilities, controller.state
     decision = controller.last_decision
     scheduler = controller.metrics.backend.latest.scheduler
+    memory = controller.metrics.backend.latest.memory
     mode = controller.modes.last
+    liveness = controller.liveness.as_dict()
+    # A backend that does not answer degrades health (the API may raise it to passthrough).
+    status = {"status": "degraded"} if liveness["state"] in (UNRESPONSIVE, UNREACHABLE) else {}
     return {
+        **status,
+        # Whether the backend answers its health probe at all (controller/liveness.py).
+        "backend_liveness": liveness,
         "last_minute": {"requests": minute.requests, "errors": minute.errors,
                         "ttft_p50_ms": minute.ttft_p50_ms, "ttft_p95_ms": minute.ttft_p95_ms,
                         "tps": minute.tps, "spec_accept": minute.spec_accept},
@@ -104,6 +112,9 @@ def health(controller: Controller) -> dict[str, Any]:
             "client_changed_s_ago": None if controller.client_changed_at is None
             else round(time.monotonic() - controller.client_changed_at, 1),
             "last_decision": decision.as_event() if decision else None,
+            # The engine's memory and budget as it reports them (null: not an engine,
+            # or a figure its machine cannot measure).
+            "memory": memory.as_dict() if memory is not None else None,
         },
         # The engine's scheduler as it reports itself (placement: where prefill and
         # decode run, and whether that fell back from what was asked, and why); null for

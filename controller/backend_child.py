@@ -64,6 +64,13 @@ class BackendChild:
     env: Mapping[str, str] = field(default_factory=dict)
     server: str = ""  # which server runs, for people: "llama-cpp-python 0.3.36"
     process: asyncio.subprocess.Process | None = None
+    # The key the process requires (the engine's, given in ``env``); None: it has none.
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """What a request to this process carries to be answered."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     @property
     def url(self) -> str:
@@ -86,7 +93,7 @@ class BackendChild:
     async def _wait_healthy(self, timeout_s: float) -> None:
         assert self.process is not None
         deadline = time.monotonic() + timeout_s
-        async with httpx.AsyncClient(timeout=2.0) as client:
+        async with httpx.AsyncClient(timeout=2.0, headers=self.auth_headers) as client:
             while time.monotonic() < deadline:
                 if self.process.returncode is not None:
                     raise BackendStartError(f"{self.server or self.argv[0]} exited with code "

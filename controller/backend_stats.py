@@ -6,9 +6,13 @@ The embedded engine reports ``kv_levels: {"L0": {"tokens", "bytes"}, ... "L3": .
 "batch_occupancy", "max_batch", "prefill_chunks", "prefill_chunk_tokens", "speculation":
 {"drafted", "accepted", "accept_rate", "sequences_stopped", "enabled"}, "placement":
 {"fell_back", "reason", "prefill_provider", "decode_provider"}}`` (counts since the engine
-started); Lemonade and llama.cpp report none of them, so these series are simply absent for
-them (and ``/v1/metrics`` shows null), never invented. Every field is read defensively: one
-missing or of the wrong type is None, the rest still counts.
+started), and ``memory: {"rss_bytes", "start_rss_bytes", "weights_bytes",
+"batch_buffer_bytes", "batch_buffer_resident_bytes", "parked_kv_bytes", "host_pool_bytes",
+"budget_bytes", ...}`` (engine/memory_budget.py: what the engine holds and the budget it
+adds up to; a figure its machine cannot measure is null). Lemonade and llama.cpp report
+none of them, so these series are simply absent for them (and ``/v1/metrics`` shows null),
+never invented. Every field is read defensively: one missing or of the wrong type is None,
+the rest still counts.
 """
 
 from __future__ import annotations
@@ -140,6 +144,37 @@ class SchedulerStats:
                 "placement": self.placement.as_dict() if self.placement else None}
 
 
+MEMORY_KINDS = (  # the engine's ``memory`` fields each exported as one kind of bytes
+    ("rss", "rss_bytes"),
+    ("start_rss", "start_rss_bytes"),
+    ("weights", "weights_bytes"),
+    ("batch_buffer_allocated", "batch_buffer_bytes"),
+    ("batch_buffer_resident", "batch_buffer_resident_bytes"),
+    ("parked_kv", "parked_kv_bytes"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineMemory:
+    """The engine's memory as it reports it: bytes by kind, its budget, its host pool
+    (None: not reported, or not measurable on its machine)."""
+
+    kinds: dict[str, int | None] = field(default_factory=dict)
+    budget_bytes: int | None = None
+    host_pool_bytes: int | None = None
+
+    @classmethod
+    def parse(cls, body: Any) -> EngineMemory | None:
+        if not isinstance(body, dict):
+            return None
+        return cls({kind: _count(body.get(name)) for kind, name in MEMORY_KINDS},
+                   _count(body.get("budget_bytes")), _count(body.get("host_pool_bytes")))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**{f"{kind}_bytes": self.kinds.get(kind) for kind, _ in MEMORY_KINDS},
+                "budget_bytes": self.budget_bytes, "host_pool_bytes": self.host_pool_bytes}
+
+
 @dataclass(frozen=True, slots=True)
 class BackendStats:
     kv_tokens: dict[str, int] = field(default_factory=dict)
@@ -151,6 +186,7 @@ class BackendStats:
     delta_ppl_est: float | None = None
     guard_promotions: int | None = None
     scheduler: SchedulerStats | None = None  # None: the backend has no such scheduler
+    memory: EngineMemory | None = None  # None: the backend reports no memory of its own
 
     @classmethod
     def parse(cls, body: Any) -> BackendStats:
@@ -182,7 +218,8 @@ class BackendStats:
             if isinstance(guard, dict) and isinstance(guard.get("promotions"), int):
                 promotions = guard["promotions"]
         return cls(tokens, sizes, hits, misses, estimate, promotions,
-                   SchedulerStats.parse(body.get("scheduler")))
+                   SchedulerStats.parse(body.get("scheduler")),
+                   EngineMemory.parse(body.get("memory")))
 
 
 class BackendStatsCollector(Collector):
@@ -221,6 +258,30 @@ class BackendStatsCollector(Collector):
                                     stats.delta_ppl_est)
         if stats.scheduler is not None:
             yield from _scheduler_series(stats.scheduler)
+        if stats.memory is not None:
+            yield from _memory_series(stats.memory)
+
+
+def _memory_series(memory: EngineMemory) -> Iterator[Metric]:
+    """The engine's memory by kind and its budget; a kind it could not measure is absent."""
+    held = GaugeMetricFamily("inferos_engine_memory_bytes",
+                             "The embedded engine's memory by kind: process RSS, RSS at "
+                             "model load, weight files, batch KV buffer allocated and "
+                             "resident, parked prefix-cache KV", labels=["kind"])
+    for kind, value in memory.kinds.items():
+        if value is not None:
+            held.add_metric([kind], value)
+    if held.samples:
+        yield held
+    if memory.budget_bytes is not None:
+        yield GaugeMetricFamily("inferos_engine_memory_budget_bytes",
+                                "The embedded engine's memory budget: RSS at model load + "
+                                "every batch row it may touch + the host pool",
+                                memory.budget_bytes)
+    if memory.host_pool_bytes is not None:
+        yield GaugeMetricFamily("inferos_engine_host_pool_bytes",
+                                "Bytes the engine's parked KV may hold (io.host_pool_bytes)",
+                                memory.host_pool_bytes)
 
 
 def _scheduler_series(scheduler: SchedulerStats) -> Iterator[Metric]:

@@ -69,6 +69,7 @@ class Config:
         from inferos.controller.controller import ControllerSettings
         from inferos.controller.decisions import DecisionSettings
         from inferos.controller.failsafe import FailsafeSettings
+        from inferos.controller.liveness import LivenessSettings
 
         v = self.values
         cooldown = v["infer_os.decisions.cooldown_s"]
@@ -84,9 +85,14 @@ class Config:
             decisions=DecisionSettings(
                 min_requests=v["infer_os.decisions.min_requests"],
                 min_span_s=v["infer_os.decisions.min_span_s"],
-                client_backoff_s=v["infer_os.decisions.client_backoff_s"]))
+                client_backoff_s=v["infer_os.decisions.client_backoff_s"]),
+            liveness=LivenessSettings(interval_s=v["upstream.liveness.interval_s"],
+                                      timeout_s=v["upstream.liveness.timeout_s"],
+                                      failures=v["upstream.liveness.failures"],
+                                      wait_s=v["upstream.liveness.wait_s"]))
 
     def proxy_settings(self, upstream: str) -> ProxySettings:
+        from inferos.proxy.connection_limits import ConnectionSettings
         from inferos.proxy.settings import ProxySettings
 
         return ProxySettings(
@@ -98,6 +104,12 @@ class Config:
             idle_timeout_s=self.values["upstream.idle_timeout_s"],
             total_timeout_s=self.values["upstream.total_timeout_s"],
             max_body_bytes=self.values["upstream.max_body_bytes"],
+            allowed_hosts=self.values["listen.allowed_hosts"],
+            deny_paths=self.values["proxy.deny_paths"],
+            connections=ConnectionSettings(
+                header_timeout_s=self.values["listen.header_timeout_s"],
+                keepalive_timeout_s=self.values["listen.keepalive_timeout_s"],
+                max_connections=self.values["listen.max_connections"]),
         )
 
 

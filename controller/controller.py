@@ -40,6 +40,7 @@ from inferos.controller.controller_metrics import ControllerMetrics
 from inferos.controller.decisions import Costs, Decision, DecisionSettings, Evidence, decide
 from inferos.controller.evidence import gather
 from inferos.controller.failsafe import FailSafe, FailsafeSettings
+from inferos.controller.liveness import BackendLiveness, LivenessSettings
 from inferos.controller.load_shedding import LoadShedder
 from inferos.controller.loops import ControlLoop
 from inferos.controller.policy import Policy, apply_patch, flatten
@@ -60,6 +61,9 @@ BACKEND_READ_EVERY_S = 2.0
 READ_FAILURES_UNKNOWN = 3
 CLIENT_ROUTES = ("load", "unload")
 FACTS_BUDGET_S = 0.005
+# The fast loop at rest: a heartbeat every 5 ms. Each ms between beats is a ms less of the
+# fail-safe's 75 ms staleness margin on a starved machine (20 ms tripped a loaded one).
+FAST_IDLE_S = 0.005
 DecideFn = Callable[..., Decision]
 
 
@@ -76,6 +80,10 @@ class ControllerSettings:
     failsafe: FailsafeSettings = field(default_factory=FailsafeSettings)
     decisions: DecisionSettings = field(default_factory=DecisionSettings)
     mode: ModeSettings = field(default_factory=ModeSettings)
+    liveness: LivenessSettings = field(default_factory=LivenessSettings)
+    # The key of the engine child Infer-OS runs (ProxySettings.upstream_api_key): the
+    # controller's own reads of the upstream (stats, system-info) send it too.
+    upstream_api_key: str | None = field(default=None, repr=False)
 
 
 class Controller:
@@ -98,6 +106,8 @@ class Controller:
         self.telemetry = Telemetry(settings.telemetry_dir)
         self.failsafe = FailSafe(plane, settings.failsafe, registry, self.event)
         self.shedder = LoadShedder(plane, self.metrics, self.event, settings.unshed_after_s)
+        # Whether the backend answers at all; never trips the fail-safe (liveness.py).
+        self.liveness = BackendLiveness(plane, settings.liveness, registry, self.event)
         self.modes = ModeSwitcher(settings.mode, self.event)
         self._providers_of: str | None = None  # the upstream modes.providers were read from
         self.snapshots = SnapshotStore(PolicySnapshot(1, policy, BackendSettings(),
@@ -136,8 +146,11 @@ class Controller:
         self._tasks = TaskGroup()
         self.start_error: BaseException | None = None
         self.loops = [
+            # Idle, the fast loop ticks every FAST_IDLE_S (the heartbeat, well inside the
+            # fail-safe's staleness) and a request's facts wake it at once.
             ControlLoop("fast", settings.fast_s, self._fast, self.failsafe,
-                        self.metrics.loop_jitter),
+                        self.metrics.loop_jitter, idle_period_s=max(settings.fast_s,
+                                                                    FAST_IDLE_S)),
             ControlLoop("mid", settings.mid_s, self._mid, self.failsafe,
                         self.metrics.loop_jitter),
             ControlLoop("slow", settings.slow_s, self._slow, self.failsafe,
@@ -146,6 +159,7 @@ class Controller:
                         self.metrics.loop_jitter),
         ]
         plane.collect_facts = True
+        plane.facts.on_post = self.loops[0].wake
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self, timeout_s: float = 600) -> None:
@@ -183,6 +197,7 @@ class Controller:
                 self.start_error = exc
                 ready.set()
                 return
+        self._tasks.start(self.liveness.run(), name="backend-liveness")
         for control_loop in self.loops:
             self._tasks.start(control_loop.run(), name=f"loop-{control_loop.name}")
         ready.set()
@@ -255,7 +270,9 @@ class Controller:
         self.telemetry.event(kind, **fields)
 
     # -- loops ------------------------------------------------------------------------
-    def _fast(self) -> None:
+    def _fast(self) -> bool:
+        """Takes the request facts the proxy posted; True while there were any (the loop
+        stays at its period), False when idle."""
         self.failsafe.heartbeat()
         backlog = self._backlog
         arrived = self.plane.take_facts()
@@ -286,6 +303,7 @@ class Controller:
                 self.post_run_context(context)
         self.metrics.run_contexts_dropped.set(self.plane.facts.dropped + self.facts_dropped
                                               + self._backlog_dropped)
+        return bool(arrived) or bool(backlog)
 
     def _mid(self) -> None:
         current = self.snapshots.current
@@ -302,7 +320,9 @@ class Controller:
         if now - self._last_backend_stats >= BACKEND_STATS_EVERY_S:
             self._last_backend_stats = now
             if self._http is None:
-                self._http = httpx.AsyncClient()
+                key = self.settings.upstream_api_key
+                self._http = httpx.AsyncClient(
+                    headers={"Authorization": f"Bearer {key}"} if key else None)
             latest = await backend_stats.fetch(self._http, self.plane.upstream)
             self.metrics.backend.latest = latest
             self._watch_guard(latest)

@@ -23,9 +23,11 @@ WHERE = "engine control API"
 
 
 class EngineControl:
-    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 5.0) -> None:
+    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 5.0,
+                 *, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self.api_key = api_key  # the engine's --api-key, which covers this route too
         self.timeout_s = timeout_s
         self._client: httpx.AsyncClient | None = None
         self.acked_version: int | None = None
@@ -44,6 +46,8 @@ class EngineControl:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout_s)
         headers = {TOKEN_HEADER: self.token} if self.token else {}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
         try:
             for _ in range(2):
                 sent = version + self._offset

@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 ENGINE = "engine"
 LLAMACPP = "llamacpp"
 CONTROL_TOKEN_ENV = "INFEROS_ENGINE_CONTROL_TOKEN"
+# The engine's --api-key, by environment: a command line is readable by every local user.
+API_KEY_ENV = "INFEROS_ENGINE_API_KEY"
 RESTART_HOW = "blue/green restart, read back from the new process"
 _START_FLAG = ("a start flag of llama.cpp's server: a restart setting, not live, and "
                "Infer-OS does not restart it for this")
@@ -93,7 +95,8 @@ def managed_capabilities(kind: str, server: str | None = None) -> Capabilities:
 class ManagedBackend:
     def __init__(self, kind: str, launcher: Launcher, settings: BackendSettings, *,
                  live: Mapping[str, Any] | None = None, start_timeout_s: float = 300,
-                 drain_timeout_s: float = 600, preferred_port: int | None = None) -> None:
+                 drain_timeout_s: float = 600, preferred_port: int | None = None,
+                 api_key: str | None = None) -> None:
         self.name = kind
         self.kind = kind
         self.launcher = launcher
@@ -109,7 +112,10 @@ class ManagedBackend:
         self.last_change_s: float | None = None
         self._client: httpx.AsyncClient | None = None
         self.token = secrets.token_urlsafe(24)
-        self.engine = EngineControl("", self.token)
+        # The engine's API key (inferos serve makes one per run; the proxy sends it too):
+        # with it, no other local process is answered on the engine's port. None: no key.
+        self.api_key = api_key if kind == ENGINE else None
+        self.engine = EngineControl("", self.token, api_key=self.api_key)
 
     @property
     def settings(self) -> BackendSettings:
@@ -127,6 +133,9 @@ class ManagedBackend:
         child = self.launcher(settings, self._live, port)
         # The engine's control API takes this token only: no other local process steers it.
         child.env = {**child.env, CONTROL_TOKEN_ENV: self.token}
+        if self.api_key:
+            child.env = {**child.env, API_KEY_ENV: self.api_key}
+            child.api_key = self.api_key
         return child
 
     async def start(self) -> str:
@@ -148,7 +157,8 @@ class ManagedBackend:
                                 model=llamacpp_alias(child.argv), settings=settings,
                                 max_ctx=None)
         try:
-            response = await self._client.get(child.url + "/api/v1/health")
+            response = await self._client.get(child.url + "/api/v1/health",
+                                              headers=child.auth_headers)
             flavor = flavor_of(response.json())
         except (httpx.HTTPError, ValueError) as exc:
             raise ActuatorError(f"engine health unreadable: {exc}", rolled_back=False) from exc

@@ -1,11 +1,13 @@
 """The agent API described as OpenAPI 3.1, served at ``GET /openapi.json``.
 
-The request schema of ``POST /v1/policy`` is derived from the policy settings of
-``setting_table.SETTINGS``: every key with its type, bounds, choices, default and doc, in
-nested objects that admit no other property. A declaration added there appears here. The
-schema is what a client can check before sending; ``policy.apply_patch`` also checks what a
-schema cannot say (``L1_int8 >= L2_int4 >= L3_evict``). The answer lists the same keys,
-each applied, not applicable, not applied or pending.
+The request schemas are derived from the validators' own declarations, so the document
+cannot drift from the API: ``POST /v1/run-context`` from ``run_context.CALLER_FIELDS``, and
+``POST /v1/policy`` from the policy settings of ``setting_table.SETTINGS``: every key with
+its type, bounds, choices, default and doc, in nested objects that admit no other property.
+A declaration added there appears here. The schema is what a client can check before
+sending; ``policy.apply_patch`` also checks what a schema cannot say (``L1_int8 >= L2_int4
+>= L3_evict``). The answer lists the same keys, each applied, not applicable, not applied
+or pending. tests/controller/test_openapi_truth.py holds the document to the validators.
 """
 
 from __future__ import annotations
@@ -13,21 +15,28 @@ from __future__ import annotations
 from typing import Any
 
 from inferos.controller.backend import APPLIED, NOT_APPLICABLE, NOT_APPLIED, PENDING
+from inferos.controller.run_context import CALLER_FIELDS
 from inferos.controller.setting_table import POLICY_SETTINGS
 
 OUTCOME_STATUSES = (APPLIED, NOT_APPLIED, NOT_APPLICABLE, PENDING)
 
-_NUM = {"type": ["number", "null"], "minimum": 0}
-_ERROR = {"type": "object", "properties": {"error": {"type": "object", "properties": {
-    "message": {"type": "string"}, "param": {"type": ["string", "null"]},
-    "type": {"type": "string"}}}}}
+_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type", "param", "code"], "properties": {
+        "message": {"type": "string"}, "param": {"type": ["string", "null"]},
+        "type": {"type": "string"}, "code": {"type": ["string", "null"]}}}}}
 
-# What the admin listener's guard answers to a state-changing request it refuses.
+# What the admin listener's guard (admin_guard.py) answers to a request it refuses: any
+# request with a foreign Host; a state-changing one also for its Origin, token, type.
 _REFUSED = {str(status): {"description": why, "content": {"application/json": {
     "schema": _ERROR}}} for status, why in (
-        (401, "the admin token is set and was not given"),
-        (403, "a foreign Host or Origin"),
-        (415, "not Content-Type: application/json"))}
+        (401, "listen.admin_token is set and 'Authorization: Bearer <token>' was not given "
+              "(code invalid_admin_token)"),
+        (403, "a Host that is not this machine's (code forbidden_host) or a foreign Origin "
+              "(code forbidden_origin)"),
+        (415, "not Content-Type: application/json (code unsupported_media_type)"))}
+_HOST_REFUSED = {"403": {"description": "a Host that is not this machine's (code "
+                                        "forbidden_host); reads need no token",
+                         "content": {"application/json": {"schema": _ERROR}}}}
 
 
 def policy_answer_schema() -> dict[str, Any]:
@@ -53,6 +62,14 @@ def policy_request_schema() -> dict[str, Any]:
     return root
 
 
+def run_context_request_schema() -> dict[str, Any]:
+    """JSON Schema of a ``POST /v1/run-context`` body, from ``run_context.CALLER_FIELDS``
+    (what ``RunContext.from_api`` validates against): no other field is accepted."""
+    return {"type": "object", "additionalProperties": False,
+            "required": [key for key, spec in CALLER_FIELDS.items() if spec.required],
+            "properties": {key: spec.json_schema() for key, spec in CALLER_FIELDS.items()}}
+
+
 def _object() -> dict[str, Any]:
     return {"type": "object", "additionalProperties": False, "properties": {}}
 
@@ -75,26 +92,23 @@ def build_openapi() -> dict[str, Any]:
                               **_REFUSED}}},
             "/v1/run-context": {"post": {
                 "summary": "Tell the controller about a coming request",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["seq_len", "batch"],
-                    "additionalProperties": False, "properties": {
-                        "seq_len": {"type": "integer", "minimum": 0},
-                        "batch": {"type": "integer", "minimum": 0},
-                        "target_ftl_ms": _NUM, "quality_budget": _NUM,
-                        "model": {"type": "string", "maxLength": 128},
-                        "max_tokens": {"type": ["integer", "null"]},
-                        "stream": {"type": "boolean"}}}}}},
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": run_context_request_schema()}}},
                 "responses": {"204": {"description": "accepted"},
                               "400": {"description": "invalid",
                                       "content": {"application/json": {"schema": _ERROR}}},
                               **_REFUSED}}},
             "/v1/metrics": {"get": {"summary": "Current figures; null where unmeasurable",
-                                    "responses": {"200": {"description": "metrics"}}}},
+                                    "responses": {"200": {"description": "metrics"},
+                                                  **_HOST_REFUSED}}},
             "/v1/health": {"get": {"summary": "ok | degraded | passthrough",
-                                   "responses": {"200": {"description": "health"}}}},
+                                   "responses": {"200": {"description": "health"},
+                                                 **_HOST_REFUSED}}},
             "/metrics": {"get": {"summary": "Prometheus text format",
-                                 "responses": {"200": {"description": "exposition"}}}},
+                                 "responses": {"200": {"description": "exposition"},
+                                               **_HOST_REFUSED}}},
             "/openapi.json": {"get": {"summary": "This document",
-                                      "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+                                      "responses": {"200": {"description": "OpenAPI 3.1"},
+                                                    **_HOST_REFUSED}}},
         },
     }

@@ -21,17 +21,18 @@ far beyond a prompt that fits a local model's context.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from inferos.controller.setting_types import Bool, Float, Int, SettingType, Text
 from inferos.errors import ConfigError
 from inferos.proxy.bounded_json import (  # noqa: F401  (the limits are part of this API)
     MAX_JSON_VALUES,
     MAX_PROMPT_PARTS,
     MAX_READ_BYTES,
+    is_text,
     prompt_text,
     read_json_object,
 )
@@ -62,40 +63,72 @@ class RunContext:
 
     @classmethod
     def from_api(cls, body: Any) -> RunContext:
-        """Validate ``POST /v1/run-context``: seq_len, batch, target_ftl_ms, quality_budget,
-        model, max_tokens, stream (the last three optional). Raises ``ConfigError`` naming
-        the field; never anything else."""
+        """Validate ``POST /v1/run-context`` against ``CALLER_FIELDS`` (which the OpenAPI
+        document is built from). Raises ``ConfigError`` naming the field; never anything
+        else."""
         if not isinstance(body, dict):
             raise ConfigError("expected a JSON object", key="(body)")
-        allowed = {"seq_len", "batch", "target_ftl_ms", "quality_budget", "model",
-                   "max_tokens", "stream"}
         for key in body:
-            if key not in allowed:
-                raise ConfigError("unknown field", key=str(key)[:MAX_MODEL_NAME])
-        for key, most in (("seq_len", MAX_CALLER_TOKENS), ("batch", MAX_CALLER_BATCH)):
-            if _count(body.get(key), most) is None:
-                raise ConfigError(f"expected an integer from 0 to {most}", key=key)
-        max_tokens = body.get("max_tokens")
-        if max_tokens is not None and _count(max_tokens, MAX_CALLER_TOKENS) is None:
-            raise ConfigError(f"expected an integer from 0 to {MAX_CALLER_TOKENS}",
-                              key="max_tokens")
-        for key in ("target_ftl_ms", "quality_budget"):
+            if key not in CALLER_FIELDS:
+                raise ConfigError("unknown field; expected one of " + ", ".join(CALLER_FIELDS),
+                                  key=_shown_key(key))
+        values: dict[str, Any] = {}
+        for key, spec in CALLER_FIELDS.items():
             value = body.get(key)
-            if value is not None and (not isinstance(value, int | float)
-                                      or isinstance(value, bool)
-                                      or not math.isfinite(value) or value < 0):
-                raise ConfigError("expected a finite non-negative number", key=key)
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise ConfigError("expected true or false", key="stream")
-        model = body.get("model", "unknown")
-        if _model_name(model) is None:
-            raise ConfigError(f"expected a model name of 1 to {MAX_MODEL_NAME} characters",
-                              key="model")
-        return cls(model=model, seq_len=body["seq_len"], seq_len_source="caller",
-                   max_tokens=max_tokens, stream=stream, batch=body["batch"],
-                   target_ftl_ms=body.get("target_ftl_ms"),
-                   quality_budget=body.get("quality_budget"))
+            if value is None:
+                if spec.required or (key in body and not spec.nullable):
+                    raise ConfigError(f"expected {spec.kind.describe()}", key=key)
+                values[key] = spec.default
+                continue
+            try:
+                values[key] = spec.kind.parse(value, strict=True)
+            except ValueError as exc:
+                raise ConfigError(str(exc), key=key) from exc
+        return cls(seq_len_source="caller", **values)
+
+
+@dataclass(frozen=True, slots=True)
+class CallerField:
+    """One field of ``POST /v1/run-context``: its type (bounds included), and whether it
+    must be sent, may be null, and what it is when absent."""
+
+    kind: SettingType
+    doc: str
+    required: bool = False
+    nullable: bool = False
+    default: Any = None
+
+    def json_schema(self) -> dict[str, Any]:
+        schema = self.kind.json_schema()
+        if self.nullable:
+            schema["type"] = [schema["type"], "null"]
+        schema["description"] = self.doc
+        if not self.required:
+            schema["default"] = self.default
+        return schema
+
+
+# The one declaration of what a caller may post; validation and /openapi.json read it.
+CALLER_FIELDS: dict[str, CallerField] = {
+    "seq_len": CallerField(Int(0, MAX_CALLER_TOKENS), "prompt length in tokens",
+                           required=True),
+    "batch": CallerField(Int(0, MAX_CALLER_BATCH), "requests arriving together",
+                         required=True),
+    "target_ftl_ms": CallerField(Float(minimum=0.0, unit="ms"),
+                                 "the first-token latency the caller wants", nullable=True),
+    "quality_budget": CallerField(Float(minimum=0.0),
+                                  "the perplexity increase the caller accepts", nullable=True),
+    "model": CallerField(Text(max_length=MAX_MODEL_NAME, min_length=1), "the model's name",
+                         default="unknown"),
+    "max_tokens": CallerField(Int(0, MAX_CALLER_TOKENS), "tokens to generate at most",
+                              nullable=True),
+    "stream": CallerField(Bool(), "whether the answer streams", default=False),
+}
+
+
+def _shown_key(key: Any) -> str:
+    text = str(key)[:MAX_MODEL_NAME]
+    return text if is_text(text) else text.encode("utf-8", "backslashreplace").decode()
 
 
 def derive(facts: RequestFacts, counters: dict[str, TokenCounter]) -> RunContext | None:
@@ -155,4 +188,5 @@ def _count(value: Any, most: int | None = None) -> int | None:
 
 
 def _model_name(value: Any) -> str | None:
-    return value if isinstance(value, str) and 0 < len(value) <= MAX_MODEL_NAME else None
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_MODEL_NAME \
+        and is_text(value) else None

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from inferos.controller import liveness as liveness_defaults
 from inferos.controller.cache_types import CACHE_TYPES
 from inferos.controller.setting_types import (
     Address,
@@ -33,9 +34,12 @@ from inferos.controller.setting_types import (
     Int,
     SettingType,
     Text,
+    TextList,
     Url,
 )
+from inferos.engine.engine_policy import DEFAULT_HOST_POOL_BYTES
 from inferos.engine.prepare import DEFAULT_PRECISION, PRECISIONS
+from inferos.proxy import connection_limits as connection_defaults
 from inferos.proxy import settings as proxy_defaults
 from inferos.proxy.settings import HostPort
 
@@ -66,6 +70,7 @@ class Setting:
     nullable: bool = False         # null is a value (for pins: "let the controller decide")
     env: tuple[str, ...] = ()      # aliases besides INFEROS_<PATH>
     flag: str | None = None        # the `inferos serve` flag, where there is one
+    shown_default: str | None = None  # the README's words for a default this machine sizes
 
     @property
     def key(self) -> str:
@@ -117,8 +122,9 @@ _MIB = 2**20
 
 
 def _policy(path: str, kind: SettingType, default: Any, doc: str, *,
-            nullable: bool = False) -> Setting:
-    return Setting(POLICY_PREFIX + path, kind, default, doc, policy=True, nullable=nullable)
+            nullable: bool = False, shown_default: str | None = None) -> Setting:
+    return Setting(POLICY_PREFIX + path, kind, default, doc, policy=True, nullable=nullable,
+                   shown_default=shown_default)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -130,8 +136,28 @@ SETTINGS: tuple[Setting, ...] = (
             "the agent API, health and metrics listener", env=("INFEROS_ADMIN",),
             flag="--admin"),
     Setting("listen.admin_token", Text(max_length=256), None,
-            "when set, changing policy or run-context needs 'X-Inferos-Token: <token>'",
+            "when set, every change through the admin API needs 'Authorization: Bearer "
+            "<token>'; required when listen.admin is beyond loopback",
             nullable=True, env=("INFEROS_ADMIN_TOKEN",)),
+    Setting("listen.allowed_hosts", TextList(), (),
+            "Host names both listeners answer besides loopback and their own listen "
+            "address (DNS rebinding defence); '*': any", env=("INFEROS_ALLOWED_HOSTS",)),
+    Setting("listen.allowed_origins", TextList(), (),
+            "browser origins (scheme://host:port) besides the admin's own that may change "
+            "state through the admin API; '*': any", env=("INFEROS_ALLOWED_ORIGINS",)),
+    # Bounds on the clients' connections, on both listeners (proxy/connection_limits.py).
+    Setting("listen.header_timeout_s", _seconds(), connection_defaults.DEFAULT_HEADER_TIMEOUT_S,
+            "seconds a connection has to send a complete request head (from its opening, or "
+            "its first byte after a response); then 408 and closed; null: no limit",
+            nullable=True),
+    Setting("listen.keepalive_timeout_s", _seconds(),
+            connection_defaults.DEFAULT_KEEPALIVE_TIMEOUT_S,
+            "seconds an idle kept-alive connection (no request in progress) stays open; a "
+            "streaming response is never cut by it"),
+    Setting("listen.max_connections", Int(1, 1_000_000),
+            connection_defaults.DEFAULT_MAX_CONNECTIONS,
+            "client connections open at once, per listener; past it 503 and closed "
+            "(inferos_connections_refused_total); null: no cap", nullable=True),
     Setting("upstream.url", Url(), None,
             "the backend (Lemonade or OpenAI-compatible); none: a Lemonade that answers on "
             "13305 or 8000, else the embedded engine", nullable=True,
@@ -144,10 +170,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("upstream.total_timeout_s", _seconds(), None,
             "seconds a whole request may take; null: no limit (generations may be long)",
             nullable=True),
+    # The backend's liveness probe (controller/liveness.py).
+    Setting("upstream.liveness.interval_s", _seconds(), liveness_defaults.DEFAULT_INTERVAL_S,
+            "seconds between two probes of the backend's health; null: no probe",
+            nullable=True),
+    Setting("upstream.liveness.timeout_s", _seconds(), liveness_defaults.DEFAULT_TIMEOUT_S,
+            "seconds a probe waits for any answer; no answer is a failed probe"),
+    Setting("upstream.liveness.failures", Int(1, 100), liveness_defaults.DEFAULT_FAILURES,
+            "failed probes in a row that mark the backend unresponsive"),
+    Setting("upstream.liveness.wait_s", _seconds(), liveness_defaults.DEFAULT_WAIT_S,
+            "seconds a new generation waits for an unresponsive backend to come back; then "
+            "503 backend_unresponsive with Retry-After"),
     Setting("upstream.max_body_bytes", ByteSize(), proxy_defaults.DEFAULT_MAX_BODY_BYTES,
             "largest request body forwarded"),
     Setting("passthrough", Bool(), False,
             "forward only: observe, decide and change nothing", flag="--passthrough"),
+    Setting("proxy.deny_paths", TextList(starts_with="/"), proxy_defaults.DEFAULT_DENY_PATHS,
+            "paths the proxy refuses (403 path_denied) under every API prefix and bare; "
+            "'*' matches anything; [] forwards all"),
     # The policy: what the user wants, patchable live.
     _policy("mode", Choice(MODES), "optimize",
             "optimize, or pass everything through untouched"),
@@ -175,8 +215,10 @@ SETTINGS: tuple[Setting, ...] = (
             "ONNX Runtime IOBinding: inputs and outputs stay on the device"),
     _policy("io.dml_pool_bytes", ByteSize(), 2048 * _MIB,
             "device memory for KV on DirectML"),
-    _policy("io.host_pool_bytes", ByteSize(), 4096 * _MIB,
-            "host memory parked KV may hold before it is demoted"),
+    # Sized from this machine's memory (engine/memory_budget.py), as the engine sizes it.
+    _policy("io.host_pool_bytes", ByteSize(), DEFAULT_HOST_POOL_BYTES,
+            "host memory parked KV may hold before it is demoted",
+            shown_default="min(4096MiB, MemTotal/8)"),
     _policy("scheduler.mode", Choice(SCHEDULER_MODES), "hybrid",
             "where prefill and decode run; devices this machine lacks fall back to CPU"),
     _policy("scheduler.prefill_device", Choice(DEVICES), "dml", "the device for prefill"),
@@ -244,6 +286,8 @@ def _cell(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, tuple):
+        return ", ".join(value) if value else "[]"
     if isinstance(value, int) and value >= _MIB and value % _MIB == 0:
         return f"{value // _MIB}MiB"
     return str(value)
@@ -258,6 +302,7 @@ def reference_table() -> str:
                           + ([f"`{s.flag}`"] if s.flag else []))
         live = " *(policy)*" if s.policy else ""
         kind = s.kind.describe().replace("|", "\\|") + (" or null" if s.nullable else "")
-        lines.append(f"| `{s.path}` | {kind} | `{_cell(s.default)}` | {where} | "
+        default = s.shown_default or _cell(s.default)
+        lines.append(f"| `{s.path}` | {kind} | `{default}` | {where} | "
                      f"{s.doc}{live} |")
     return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from inferos.errors import ConfigError
+from inferos.proxy.bounded_json import is_text
 from inferos.proxy.settings import HostPort, normalize_upstream
 
 # Values are echoed in error messages; a client's megabyte string is not.
@@ -192,6 +193,7 @@ class Choice(SettingType):
 @dataclass(frozen=True, slots=True)
 class Text(SettingType):
     max_length: int = 4096
+    min_length: int = 0
     python: ClassVar[type] = str
 
     def parse(self, value: Any, *, strict: bool) -> str:
@@ -203,13 +205,65 @@ class Text(SettingType):
             raise ValueError(f"expected a string, got {shown(value)}")
         if len(text) > self.max_length:
             raise ValueError(f"longer than {self.max_length} characters")
+        if len(text) < self.min_length:
+            raise ValueError(f"shorter than {self.min_length} characters")
+        # json reads "\ud800" into a str no file, log line or metric label can encode.
+        if not is_text(text):
+            raise ValueError("contains a lone UTF-16 surrogate, which is not Unicode text")
         return text
 
     def json_schema(self) -> dict[str, Any]:
-        return {"type": "string", "maxLength": self.max_length}
+        schema: dict[str, Any] = {"type": "string", "maxLength": self.max_length}
+        if self.min_length:
+            schema["minLength"] = self.min_length
+        return schema
 
     def describe(self) -> str:
         return "text"
+
+
+@dataclass(frozen=True, slots=True)
+class TextList(SettingType):
+    """A list of strings: a YAML or JSON list, or one comma-separated string (how an
+    environment variable gives a list). Kept as a tuple, in order, blanks dropped."""
+
+    max_items: int = 64
+    max_length: int = 256
+    starts_with: str = ""        # every item must begin so ("/" for path patterns)
+    python: ClassVar[type] = tuple
+
+    def parse(self, value: Any, *, strict: bool) -> tuple[str, ...]:
+        if isinstance(value, str) and not strict:
+            items: list[Any] = value.split(",")
+        elif isinstance(value, list | tuple):
+            items = list(value)
+        else:
+            raise ValueError(f"expected a list of strings, got {shown(value)}")
+        if len(items) > self.max_items:
+            raise ValueError(f"more than {self.max_items} items")
+        out: list[str] = []
+        for item in items:
+            if not isinstance(item, str):
+                raise ValueError(f"expected a list of strings, got an item {shown(item)}")
+            text = item.strip()
+            if not text:
+                continue
+            if len(text) > self.max_length:
+                raise ValueError(f"an item is longer than {self.max_length} characters")
+            if not text.startswith(self.starts_with):
+                raise ValueError(f"every item must start with {self.starts_with!r}; "
+                                 f"got {shown(text)}")
+            out.append(text)
+        return tuple(out)
+
+    def json_schema(self) -> dict[str, Any]:
+        item: dict[str, Any] = {"type": "string", "maxLength": self.max_length}
+        if self.starts_with:
+            item["pattern"] = "^" + re.escape(self.starts_with)
+        return {"type": "array", "maxItems": self.max_items, "items": item}
+
+    def describe(self) -> str:
+        return "list of text (comma-separated in the environment)"
 
 
 # One grammar for the parser and the JSON Schema (so no \d: Python's matches any Unicode
@@ -225,6 +279,8 @@ def byte_size(value: Any, *, minimum: int = 1, maximum: int = TIB) -> int:
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)  # JSON Schema's "integer" admits 2048.0, as Int.parse does
     elif isinstance(value, str) and len(value) <= 80 and re.fullmatch(SIZE_PATTERN, value):
         text = value.strip().upper().replace(" ", "")
         digits = text.rstrip("KMGTIB")

@@ -4,18 +4,26 @@ Contract: a parser takes the decoded JSON body and returns a frozen value, or ra
 ``ApiError`` 400 naming the offending field. Fields this engine does not use (``id_slot``,
 ``repeat_last_n``, ``chat_template_kwargs``, ``presence_penalty``, ``logprobs``…) are
 accepted and ignored, as Lemonade forwards them to backends that may not know them either.
-Booleans are not numbers here: ``"max_tokens": true`` is rejected.
+Booleans are not numbers here: ``"max_tokens": true`` is rejected, and neither are NaN or
+the infinities (Python's ``json`` reads them although JSON has no such values).
+
+A body is refused before any field is read when it is nested deeper than the decoder
+recurses (400 ``invalid_json``) or holds a lone UTF-16 surrogate (``"\\ud800"``, which no
+Unicode text contains and the tokenizer cannot encode: 400 ``invalid_value`` naming the
+field).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from inferos.engine.api_errors import ApiError, invalid_param
+from inferos.engine.api_errors import ApiError, invalid_param, invalid_token_id
 
 # OpenAI's documented range; llama.cpp accepts more but the SDKs validate to this.
 MAX_TEMPERATURE = 2.0
@@ -68,10 +76,52 @@ async def json_body(request: web.Request, *, optional: bool = False) -> Any:
     if optional and not raw.strip():
         return {}
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"The request body is not valid JSON: {exc}",
                        code="invalid_json") from exc
+    except RecursionError as exc:
+        raise ApiError(400, "The request body is not valid JSON here: it is nested too deeply.",
+                       code="invalid_json") from exc
+    if _SURROGATE_HINT.search(raw):
+        where = _lone_surrogate_at(body)
+        if where is not None:
+            raise invalid_param(where, f"'{where}' contains a lone UTF-16 surrogate, which is "
+                                       "not a Unicode character; send valid UTF-8 text")
+    return body
+
+
+# What a lone surrogate can come from: a \uD800-\uDFFF escape, or its UTF-8-like bytes
+# (json decodes bytes with "surrogatepass"), or a NUL (UTF-16/32 bodies, also accepted by
+# json). One C pass over the body; only a hit pays for the walk.
+_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]|\x00")
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _lone_surrogate_at(body: Any) -> str | None:
+    """The path (``messages[0].content``) of the first key or string holding a lone
+    surrogate; None when there is none. Iterative: depth costs no stack."""
+    pending: list[tuple[str, Any]] = [("(body)", body)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, str):
+            if not _is_text(value):
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if not _is_text(key):
+                    return path
+                pending.append((key if path == "(body)" else f"{path}.{key}", item))
+        elif isinstance(value, list):
+            pending.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+    return None
 
 
 def _is_number(value: Any) -> bool:
@@ -86,6 +136,8 @@ def _number(body: dict[str, Any], name: str, default: float, low: float, high: f
     if not _is_number(value):
         raise invalid_param(name, f"'{name}' must be a number, got {type(value).__name__}")
     number = float(value)
+    if not math.isfinite(number):
+        raise invalid_param(name, f"'{name}' must be a finite number, got {value}")
     if number < low or number > high or (low_open and number == low):
         bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
         raise invalid_param(name, f"'{name}' must be in {bound}, got {value}")
@@ -207,6 +259,15 @@ def parse_completion(body: Any) -> GenerationRequest:
                                       "or a list of token ids")
     return GenerationRequest(model=model, stream=stream, include_usage=include_usage,
                              sampling=sampling, prompt=parsed)
+
+
+def known_token_ids(prompt: tuple[int, ...], vocab: int) -> list[int]:
+    """A token-id prompt, checked against the model's vocabulary (400 naming the first id
+    outside it: such an id would index past the embedding table)."""
+    for index, token in enumerate(prompt):
+        if token >= vocab:
+            raise invalid_token_id(token, index, vocab)
+    return list(prompt)
 
 
 def _optional_str(body: dict[str, Any], *names: str) -> str | None:

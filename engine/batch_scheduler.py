@@ -17,8 +17,11 @@ callers that drive it themselves, as ``LoadedModel.generate`` does). Each step:
    the chunk is sized so that their time per output token (this step's decode plus this
    chunk) stays within ``scheduler.tpot_budget_ms``, from measured costs: a fixed cost per
    run and a cost per prompt token, each a moving average. With nothing decoding, chunks
-   are full size (the costs: engine/step_costs.py). A sequence whose prefill ends joins the
-   next decode step.
+   are full size; with other prompts admitted and waiting for their prefill, a chunk is at
+   least the size that prefills at 80% of full speed, over the budget if need be (the
+   costs and why: engine/step_costs.py). The decode step keeps room in the budget for the
+   smallest chunk when one is pending. ``stats()["rounds"]`` counts the rounds over the
+   budget. A sequence whose prefill ends joins the next decode step.
 
 Speculation and batching: a verification runs one row alone (the graph's constraint), so
 with several rows decoding, each row verified in turn costs a run of its own where one
@@ -60,7 +63,7 @@ from inferos.engine.detokenize import Detokenizer
 from inferos.engine.prompt_lookup import draft
 from inferos.engine.sampling_params import SamplingParams, TokenEvent
 from inferos.engine.sequence import Sequence
-from inferos.engine.step_costs import PREFILL_CHUNK, StepCosts
+from inferos.engine.step_costs import MIN_CHUNK, PREFILL_CHUNK, StepCosts
 
 if TYPE_CHECKING:
     from inferos.engine.runtime import LoadedModel
@@ -87,6 +90,12 @@ class BatchScheduler:
         # counters, as stats() reports them
         self.decode_steps = 0
         self.decode_rows = 0        # sum of rows over decode steps: occupancy
+        self.steps_by_rows: dict[int, int] = {}  # decode runs by the rows they ran
+        # rounds (steps with anything decoding): how many ran a prefill chunk too, and
+        # how many took longer than the time-per-token budget
+        self.decode_rounds = 0
+        self.rounds_beside_prefill = 0
+        self.rounds_over_budget = 0
         self.batched_steps = 0
         self.prefill_chunks = 0
         self.prefill_chunk_tokens = 0
@@ -146,15 +155,28 @@ class BatchScheduler:
         self._reap()
         self._admit(policy.max_batch)
         decoding = len(self._decoding)
+        budget_s = policy.tpot_budget_ms / 1000.0
         step_s = 0.0
         if decoding:
+            # The decode step leaves room within the budget for the smallest prefill chunk
+            # when a prompt is waiting for one.
+            reserve = self.costs.chunk_s(MIN_CHUNK, 0.0) if self._prefilling else 0.0
             started = time.perf_counter()
-            self._decode(policy.speculation, policy.max_draft, policy.min_accept_rate)
+            self._decode(policy.speculation, policy.max_draft, policy.min_accept_rate,
+                         budget_s - (reserve or 0.0))
             step_s = time.perf_counter() - started
             model.counters.decode_s += step_s
+        chunk_s = 0.0
         if self._prefilling:
-            self._prefill_chunk(self._prefilling[0], decoding, policy.tpot_budget_ms / 1000.0,
-                                step_s)
+            started = time.perf_counter()
+            self._prefill_chunk(self._prefilling[0], decoding, budget_s, step_s)
+            chunk_s = time.perf_counter() - started
+        if decoding:
+            self.decode_rounds += 1
+            if chunk_s:
+                self.rounds_beside_prefill += 1
+            if step_s + chunk_s > budget_s:
+                self.rounds_over_budget += 1
 
     def _reap(self) -> None:
         for sequence in [*self._prefilling, *self._decoding]:
@@ -251,7 +273,10 @@ class BatchScheduler:
         assert buffer is not None
         full = PREFILL_CHUNK if sequence.evictor is None else \
             min(PREFILL_CHUNK, model.ctx_size // 4)
-        size = self.costs.chunk_size(full, decoding, budget_s, step_s)
+        # Others admitted and waiting for their prefill: holding this one to the budget
+        # keeps them out of the batch longer (engine/step_costs.py).
+        size = self.costs.chunk_size(full, decoding, budget_s, step_s,
+                                     queued=len(self._prefilling) > 1)
         chunk = sequence.prompt[sequence.position:sequence.position + size]
         started = time.perf_counter()
         try:
@@ -284,7 +309,8 @@ class BatchScheduler:
                 return False
         return True
 
-    def _decode(self, speculation: bool, max_draft: int, min_accept_rate: float) -> None:
+    def _decode(self, speculation: bool, max_draft: int, min_accept_rate: float,
+                max_step_s: float) -> None:
         rows = list(self._decoding)
         if len(rows) == 1:
             sequence = rows[0]
@@ -295,7 +321,7 @@ class BatchScheduler:
             else:
                 self._single(sequence)
             return
-        alone = self._plan(rows, max_draft) if speculation else []
+        alone = self._plan(rows, max_draft, max_step_s) if speculation else []
         self.verified_in_batch += len(alone)
         for sequence, proposal in alone:
             self._verify(sequence, proposal, min_accept_rate)
@@ -306,9 +332,11 @@ class BatchScheduler:
         elif rest:
             self._batched(rest)
 
-    def _plan(self, rows: list[Sequence], max_draft: int) -> list[tuple[Sequence, list[int]]]:
+    def _plan(self, rows: list[Sequence], max_draft: int, max_step_s: float
+              ) -> list[tuple[Sequence, list[int]]]:
         """The rows to verify alone this step: the best of those with a draft, by expected
-        tokens per verification, as many as raise the step's measured tokens per second."""
+        tokens per verification, as many as raise the step's measured tokens per second
+        and keep it within ``max_step_s``."""
         overall = self.accepted / self.drafted if self.drafted else PRIOR_ACCEPT_RATE
         candidates: list[tuple[float, Sequence, list[int]]] = []
         for sequence in rows:
@@ -317,7 +345,7 @@ class BatchScheduler:
                 candidates.append((sequence.tokens_per_verification(overall, len(proposal)),
                                    sequence, proposal))
         candidates.sort(key=lambda c: -c[0])
-        best = self.costs.verify_alone(len(rows), [c[0] for c in candidates])
+        best = self.costs.verify_alone(len(rows), [c[0] for c in candidates], max_step_s)
         return [(sequence, proposal) for _, sequence, proposal in candidates[:best]]
 
     def _draft(self, sequence: Sequence, max_draft: int) -> list[int]:
@@ -447,6 +475,7 @@ class BatchScheduler:
         """Counts one decode run (a step that verifies rows alone counts each of its runs)."""
         self.decode_steps += 1
         self.decode_rows += rows
+        self.steps_by_rows[rows] = self.steps_by_rows.get(rows, 0) + 1
         if batched:
             self.batched_steps += 1
 
@@ -467,7 +496,12 @@ class BatchScheduler:
                 "max": round(waits[-1] * 1000.0, 3) if waits else None,
                 "window": len(waits)},
             "decode_steps": self.decode_steps, "batched_steps": self.batched_steps,
+            "decode_rows": self.decode_rows,
+            "steps_by_rows": {str(k): v for k, v in sorted(self.steps_by_rows.items())},
             "batch_occupancy": round(occupancy, 3) if occupancy is not None else None,
+            "rounds": {"decoding": self.decode_rounds,
+                       "beside_prefill": self.rounds_beside_prefill,
+                       "over_budget": self.rounds_over_budget},
             "prefill_chunks": self.prefill_chunks,
             "prefill_chunk_tokens": self.prefill_chunk_tokens,
             "last_prefill_chunk": self.last_chunk,

@@ -21,6 +21,12 @@ The pool is where all of the engine's host KV lives: rows in use, free rows, and
 ``PrefixCache`` (engine/prefix_cache.py), the parked KV of earlier generations:
 ``give_back`` parks a row's KV there, ``take`` restores a prompt's longest parked prefix
 into the row it hands out, ``clear`` forgets both.
+
+Memory (issue 11): the batch buffer is ``capacity`` rows of ``shape.bytes`` each, allocated
+but resident only as touched; ``stats()`` reports it allocated (``allocated_bytes``),
+as touched rows (``bytes``) and as the kernel holds it (``resident_bytes``, mincore(2),
+None where that cannot be read). ``rss_at_start`` is the process RSS when the pool was
+made: the weights and runtime, before any KV (engine/memory_budget.py).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
+
+from inferos.engine.memory_budget import process_rss_bytes, resident_bytes
 
 if TYPE_CHECKING:
     from inferos.engine.prefix_cache import PrefixCache
@@ -151,6 +159,8 @@ class KvPool:
         self._lock = threading.Lock()
         self.in_use = 0
         self.touched: set[int] = set()  # rows ever handed out: their pages are resident
+        # Before any row is written: the model's session, weights and runtime only.
+        self.rss_at_start = process_rss_bytes()
 
     @property
     def capacity(self) -> int:
@@ -215,9 +225,16 @@ class KvPool:
         with self._lock:
             return sum(len(b.exact_tokens) for b in self._free)
 
-    def stats(self) -> dict[str, int]:
+    def arrays(self) -> list[np.ndarray]:
+        """Every K and V array of the batch buffer (what its memory is)."""
+        return [*self.batch.keys, *self.batch.values]
+
+    def stats(self) -> dict[str, int | None]:
         with self._lock:
             touched = len(self.touched)
-            return {"in_use": self.in_use, "rows": self.capacity, "allocated": touched,
-                    "bytes_per_buffer": self.shape.bytes,
-                    "bytes": touched * self.shape.bytes}
+            in_use = self.in_use
+        return {"in_use": in_use, "rows": self.capacity, "allocated": touched,
+                "bytes_per_buffer": self.shape.bytes,
+                "bytes": touched * self.shape.bytes,
+                "allocated_bytes": self.capacity * self.shape.bytes,
+                "resident_bytes": resident_bytes(self.arrays())}

@@ -99,14 +99,16 @@ def open_model(folder: Path, threads: int | None = None) -> PastModel:
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
+    from inferos.engine.ort_session import inference_session
+
     try:
         decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(folder / decoder["filename"]), opts,
-                                       providers=["CPUExecutionProvider"])
+        session = inference_session(folder / decoder["filename"], opts,
+                                    ["CPUExecutionProvider"])
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     except (OSError, KeyError, ValueError) as exc:
         raise ModelError(f"{folder} is not a prepared model: {exc}") from exc

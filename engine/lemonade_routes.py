@@ -25,6 +25,7 @@ from inferos.engine.api_errors import ApiError, invalid_param, model_not_found
 from inferos.engine.api_requests import (
     GenerationRequest,
     json_body,
+    known_token_ids,
     parse_chat,
     parse_completion,
     parse_load,
@@ -37,6 +38,7 @@ from inferos.engine.model_catalog import RECIPE
 from inferos.engine.model_slot import LoadedState, QueueFull
 from inferos.engine.placement import place
 from inferos.engine.policy_routes import policy_stats
+from inferos.engine.runtime_stats import memory_report
 from inferos.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ def _prompt_ids(state: LoadedState, request: GenerationRequest) -> list[int]:
                 from exc
         return model.encode(text)
     if isinstance(request.prompt, tuple):
-        return list(request.prompt)
+        return known_token_ids(request.prompt, int(model.tokenizer.get_vocab_size()))
     return model.encode(request.prompt or "")
 
 
@@ -297,6 +299,9 @@ async def health(request: web.Request) -> web.Response:
         "checkpoint_loaded": str(state.checkpoint) if state else None,  # the Python-era field
         "all_models_loaded": [_loaded_entry(engine, state)] if state else [],
         "max_models": {"llm": 1, "embedding": 0, "reranking": 0, "audio": 0, "image": 0},
+        # The engine's memory and its budget (engine/memory_budget.py): RSS, weights,
+        # batch buffer, parked KV; null where this machine cannot measure a figure.
+        "memory": memory_report(state.model if state else None),
     })
 
 
@@ -313,6 +318,7 @@ async def stats(request: web.Request) -> web.Response:
         for key, value in state.model.stats().items():
             body.setdefault(key, value)
     else:
+        body["memory"] = memory_report(None)
         body["quality"] = {"delta_ppl_est": None, "calibrated": False, "guard": {
             "max_delta_ppl": engine.slot.policy.max_delta_ppl, "promotions": 0,
             "last_promotion_at": None, "held_blocks": 0, "can_act": False,

@@ -4,10 +4,18 @@ A ``load`` names only what it wants to change: an option it leaves out keeps the
 effect when the same model is loaded, or takes the server's default otherwise. ``ctx_size``
 above the model's maximum is clamped to it, so "the same options" compares clamped values:
 GAIA's ``ctx_size: 65536`` against an 8192-token model is a no-op the second time.
+
+Every value has an upper bound, checked before anything is loaded (400 ``invalid_value``
+naming the field): ``threads`` at most this machine's logical CPUs (more only contend for
+the same cores, and a client asking for 10^6 would make ONNX Runtime try to start them),
+``ctx_size`` at most ``MAX_CTX_SIZE`` tokens (the policy's ``backend.ctx_size`` bound;
+within it, clamped to the model's maximum as above), and the named options at most
+``MAX_NAME_CHARS`` characters (they are echoed in errors).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import onnxruntime as ort
@@ -37,8 +45,35 @@ def normalize_provider(name: str, available: list[str] | None = None) -> str:
                                     f"this onnxruntime offers {', '.join(available)}")
 
 
+# Upper bounds of a load's values (module docstring).
+MAX_CTX_SIZE = 1 << 20
+MAX_NAME_CHARS = 64
+
+
+def max_threads() -> int:
+    """The most threads a load may ask for: the logical CPUs of this machine."""
+    return os.cpu_count() or 1
+
+
+def check_bounds(request: LoadRequest) -> None:
+    """400 naming the first value of ``request`` past its upper bound."""
+    if request.threads is not None and request.threads > max_threads():
+        raise invalid_param("threads", f"'threads' must be at most {max_threads()} (this "
+                                       f"machine's logical CPUs), got {request.threads}")
+    if request.ctx_size is not None and request.ctx_size > MAX_CTX_SIZE:
+        raise invalid_param("ctx_size", f"'ctx_size' must be at most {MAX_CTX_SIZE} tokens, "
+                                        f"got {request.ctx_size}")
+    for name in ("provider", "kv_precision", "graph_optimization"):
+        value = getattr(request, name)
+        if value is not None and len(value) > MAX_NAME_CHARS:
+            raise invalid_param(name, f"'{name}' must be at most {MAX_NAME_CHARS} "
+                                      "characters")
+
+
 def requested_options(request: LoadRequest, base: EngineOptions) -> EngineOptions:
-    """``base`` (the options in effect, or the defaults) with the request's changes applied."""
+    """``base`` (the options in effect, or the defaults) with the request's changes applied;
+    400 for a value past its bound (``check_bounds``)."""
+    check_bounds(request)
     return EngineOptions(
         provider=normalize_provider(request.provider) if request.provider else base.provider,
         threads=request.threads or base.threads,

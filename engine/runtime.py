@@ -49,6 +49,8 @@ from inferos.engine.chat_template import ChatTemplate
 from inferos.engine.context_eviction import ContextEvictor
 from inferos.engine.engine_policy import DEFAULT_HOST_POOL_BYTES, MAX_BATCH_LIMIT, EnginePolicy
 from inferos.engine.kv_buffers import KvBuffer, KvPool, KvShape, bind_rows
+from inferos.engine.memory_budget import batch_rows, machine_memory
+from inferos.engine.ort_session import inference_session
 from inferos.engine.policy_ack import EngineFacts
 from inferos.engine.prefix_cache import PrefixCache
 from inferos.engine.quality_guard import QualityGuard
@@ -161,7 +163,10 @@ class LoadedModel:
         ) if options.prefix_cache else None
         # Rows for the most sequences the live policy may batch (scheduler.max_batch);
         # np.zeros pages are resident only once a row is used.
-        self.pool = KvPool(self.kv_shape, capacity=MAX_BATCH_LIMIT, cache=self.prefix_cache)
+        # Fewer rows where sixteen would exceed a quarter of the machine's memory
+        # (engine/memory_budget.py); the scheduler admits only while a row is free.
+        self.pool = KvPool(self.kv_shape, capacity=batch_rows(
+            self.kv_shape.bytes, MAX_BATCH_LIMIT, machine_memory()), cache=self.prefix_cache)
         self.scheduler = BatchScheduler(self)
         self._checked_widths: set[int] = set()
         # Built whatever the policy says, so that kv.allow_evict can be switched live.
@@ -189,7 +194,7 @@ class LoadedModel:
         providers = [options.provider or best_provider()]
         if providers[0] != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")
-        return ort.InferenceSession(str(path), so, providers=providers)
+        return inference_session(path, so, providers)
 
     def _template(self, folder: Path) -> ChatTemplate | None:
         path = folder / "chat_template.jinja"

@@ -3,8 +3,11 @@
 Contract: ``model_stats(model)`` reads the model and returns a fresh dict of plain JSON
 values; it changes nothing (no counter is reset, no KV moves). Its keys are what
 ``LoadedModel.stats`` has always returned: ``engine``, ``kv_copy``, ``kv_pool``,
-``kv_levels``, ``prefix_cache``, ``kv_store``, ``context_eviction``, ``quality``. Called on
-the generation thread, as ``LoadedModel.stats`` is.
+``kv_levels``, ``prefix_cache``, ``kv_store``, ``context_eviction``, ``quality``, and
+``memory`` (``model_memory``: the process RSS, weights, batch buffer and parked KV beside
+the budget they add up to, engine/memory_budget.py). Called on the generation thread, as
+``LoadedModel.stats`` is; ``model_memory`` may be called from any thread (it reads the
+pool's pages and the prefix cache's last byte count, never walks the store).
 """
 
 from __future__ import annotations
@@ -12,12 +15,37 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from inferos.engine.memory_budget import (
+    EngineMemory,
+    engine_memory,
+    process_rss_bytes,
+    weights_bytes,
+)
+
 if TYPE_CHECKING:
     from inferos.engine.runtime import LoadedModel
 
 NO_PARKED_KV = "the prefix cache is off (--no-prefix-cache): no KV is parked"
 
-__all__ = ["NO_PARKED_KV", "model_stats"]
+__all__ = ["NO_PARKED_KV", "memory_report", "model_memory", "model_stats"]
+
+
+def memory_report(model: LoadedModel | None) -> dict[str, Any]:
+    """The ``memory`` object of health and ``/stats``: the model's ``EngineMemory``, or
+    with no model loaded the process RSS alone (no budget: nothing is loaded to bound)."""
+    if model is not None:
+        return model_memory(model).as_dict()
+    return {"rss_bytes": process_rss_bytes(), "budget_bytes": None}
+
+
+def model_memory(model: LoadedModel) -> EngineMemory:
+    """The engine's memory now and its budget, for ``/stats`` and health."""
+    cache = model.prefix_cache
+    pool = model.pool
+    return engine_memory(start_rss=pool.rss_at_start, weights=weights_bytes(model.folder),
+                         batch=pool.arrays(), rows=pool.capacity,
+                         parked_kv=cache.parked_bytes if cache is not None else 0,
+                         host_pool=model.policy.host_pool_bytes if cache is not None else 0)
 
 
 def model_stats(model: LoadedModel) -> dict[str, Any]:
@@ -59,4 +87,5 @@ def model_stats(model: LoadedModel) -> dict[str, Any]:
             "guard": {"max_delta_ppl": model.policy.max_delta_ppl, "promotions": 0,
                       "last_promotion_at": None, "held_blocks": 0, "can_act": False,
                       "reason": NO_PARKED_KV}},
+        "memory": model_memory(model).as_dict(),
     }

@@ -18,7 +18,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from inferos.engine.api_errors import ApiError, unauthorized
+from inferos.engine.api_errors import ApiError, from_http_exception, unauthorized
 from inferos.engine.engine_policy import EnginePolicy
 from inferos.engine.engine_state import ENGINE, EngineState
 from inferos.engine.lemonade_routes import add_routes
@@ -27,6 +27,7 @@ from inferos.engine.model_slot import Loader, ModelSlot
 from inferos.engine.policy_routes import add_policy_routes
 from inferos.engine.runtime import EngineOptions, best_provider
 from inferos.errors import ModelError
+from inferos.proxy.connection_limits import ConnectionSettings, GuardedAppRunner, ListenerGuard
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,10 @@ async def _errors_and_auth(request: web.Request,
         return await handler(request)
     except ApiError as exc:
         return exc.response()
-    except web.HTTPNotFound:
-        return ApiError(404, f"No route {request.method} {request.path} on this server.",
-                        code="not_found").response()
-    except web.HTTPMethodNotAllowed:
-        return ApiError(405, f"{request.method} is not allowed on {request.path}.",
-                        code="method_not_allowed").response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return from_http_exception(request.method, request.path, exc).response()
 
 
 def _lifecycle(load_at_start: bool) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -138,7 +137,11 @@ class EngineServer:
     async def start(self) -> None:
         # handler_cancellation: a client that disconnects cancels its handler at once, which
         # stops its generation and returns its KV buffer.
-        runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        # OpenAIErrorRunner: HTTP the parser refuses gets this API's error shape too.
+        # GuardedAppRunner (one of those) adds the header timeout and idle keep-alive bound;
+        # no cap here: the engine's clients are the proxy, which caps, and the controller.
+        guard = ListenerGuard("engine", ConnectionSettings(max_connections=None))
+        runner = GuardedAppRunner(self.app, guard, handler_cancellation=True, access_log=None)
         await runner.setup()
         self._runner = runner
         try:

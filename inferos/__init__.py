@@ -8,4 +8,7 @@ Parts (each its own subpackage, kept as top-level folders in the repository):
 - ``inferos.engine``     the embedded Lemonade-compatible backend on ONNX Runtime
 """
 
+# First, before any part imports onnxruntime: its telemetry must be off when it loads.
+from inferos import ort_telemetry as _ort_telemetry  # noqa: F401
+
 __version__ = "0.1.0"

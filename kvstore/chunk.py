@@ -3,9 +3,11 @@
 A chunk holds K and V shaped [H, T, D] and moves between levels (see levels.py) with
 ``move_to``. Every move is reversible in the sense the engine needs:
 
-- L0 keeps the arrays exactly as given, or, after ``to_half`` (the cheapest step under
-  memory pressure for float32 KV), in float16: the precision llama.cpp's and most
-  engines' KV caches hold as their full precision, within ``max_abs_error``;
+- L0 keeps the arrays exactly as given (``exact``), or in float16 after ``to_half``: the
+  precision llama.cpp's and most engines' KV caches hold as their full precision, within
+  ``max_abs_error``. ``parked`` (what ``KvStore.put`` makes) holds float32 KV in float16
+  from the start: half the bytes of the engine's float32 for a logit change the engine
+  measured below 0.004 (engine/prefix_cache.py);
 - L1/L2 keep ``QuantizedTensor`` pairs that restore shape and dtype, each element within
   the bound of the quantizations it went through (``max_abs_error`` adds them up: a chunk
   taken L0 -> L1 -> L2 was quantized twice);
@@ -121,6 +123,28 @@ class KvChunk:
             last_access_ns=time.monotonic_ns() if now_ns is None else now_ns,
             pinned=pinned,
         )
+
+    @classmethod
+    def parked(
+        cls,
+        chunk_id: ChunkId,
+        keys: np.ndarray,
+        values: np.ndarray,
+        *,
+        group_size: int = DEFAULT_GROUP_SIZE,
+        now_ns: int | None = None,
+    ) -> KvChunk:
+        """An L0 chunk of copies of ``keys`` and ``values``, float32 held in float16.
+
+        Float16 is the store's parking format: the engine's buffers are float32 only
+        because its graph computes in float32, and parking them as they are took twice
+        the memory of any other engine's exact KV (issue 11). A chunk with a value beyond
+        float16's range, or of another dtype, keeps copies in its own dtype.
+        """
+        chunk = cls.exact(chunk_id, keys, values, group_size=group_size, now_ns=now_ns)
+        if not chunk.to_half():  # to_half made new arrays; otherwise copy the views
+            chunk.keys, chunk.values = np.array(keys, copy=True), np.array(values, copy=True)
+        return chunk
 
     @property
     def nbytes(self) -> int:

@@ -28,11 +28,12 @@ block in the middle of a chain would strand every block after it. With a spill d
 any block may go to disk; it comes back.
 
 Demotion under budget works in rounds, each in ascending importance, stopping as soon as
-the store fits: first float32 L0 chunks are held in float16 (still L0: the precision
-most engines' KV caches call full, 2^-11 relative error; the sinks and the recent window
-too), then L0 -> L1, then L1 -> L2, then L2 -> L3. Quantizing everything once costs less
-quality than evicting anything (see bench/kv_quality.py), so the store exhausts the
-cheaper step before it takes the next. The budget is a hard limit: if the
+the store fits: first any float32 L0 chunk left is held in float16 (still L0: the
+precision most engines' KV caches call full, 2^-11 relative error; the sinks and the recent
+window too; ``KvStore.put`` parks in float16 already, so only a chunk promoted back to L0
+is left to halve), then L0 -> L1, then L1 -> L2, then L2 -> L3. Quantizing everything once
+costs less quality than evicting anything (see bench/kv_quality.py), so the store
+exhausts the cheaper step before it takes the next. The budget is a hard limit: if the
 protected blocks alone overflow it, they go to L3 whole (least recently used first),
 which costs a recompute when their prompt returns, never quality.
 """

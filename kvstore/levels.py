@@ -1,6 +1,6 @@
 """Storage levels of a KV chunk and the policy that picks one (the seed's ``decide_level``).
 
-    L0  exact: the array as the engine wrote it (float32 from the ONNX graph)
+    L0  exact: the engine's float32 KV held in float16 (2^-11 relative; KvChunk.parked)
     L1  INT8 codes, per-group scale and zero-point        (KIVI grouping, see quantize.py)
     L2  INT4 codes, two per byte, per-group scale and zero-point
     L3  evicted: dropped, or spilled to disk compressed and restorable

@@ -4,8 +4,9 @@ What the engine does with it:
 
 - after a request, ``put(token_ids, keys, values)`` with its KV buffers ([H, >=T, D] per
   layer): every full block of ``block_tokens`` tokens not yet stored is copied in at L0,
-  one ``KvChunk`` per layer; the attention and similarity proxies of every block of the
-  sequence are observed from those exact keys (see importance.py);
+  one ``KvChunk`` per layer, float32 held in float16 (``KvChunk.parked``: half the bytes,
+  2^-11 relative error; ``restore`` gives float32 back); the attention and similarity
+  proxies of every block of the sequence are observed from the exact keys (importance.py);
 - before a prefill, ``match(token_ids)`` says how many leading tokens are stored, and
   ``load_into(token_ids, key_bufs, value_bufs)`` dequantizes them straight into the
   engine's buffers (the chunks stay at their level: the store stays small);
@@ -170,10 +171,9 @@ class KvStore:
             if block is None:
                 start, stop = i * bt, (i + 1) * bt
                 chunks = [
-                    KvChunk.exact(
+                    KvChunk.parked(
                         ChunkId(layer, (0, k.shape[0]), (start, stop), key),
-                        np.array(k[:, start:stop], copy=True),
-                        np.array(v[:, start:stop], copy=True),
+                        k[:, start:stop], v[:, start:stop],  # parked copies them
                         group_size=self.config.group_size,
                         now_ns=now,
                     )

@@ -6,6 +6,10 @@ generation request may wait, bounded, at a gate that a reloading backend closed 
 model, or for a slot under load shedding; every other route (health, halt, stats, models,
 load, unload, ...) is never held. Only while a gate is closed does the proxy read a
 generation request's body before forwarding it, to learn which model it names.
+
+Before any of that, in every mode (passthrough included: it forwards what it may forward),
+two guards answer on their own: a ``Host`` that is not this machine's (``host_guard.py``,
+DNS rebinding) and a path of ``proxy.deny_paths`` (``deny_paths.py``) get a 403.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from aiohttp import web
 from inferos.proxy import errors
 from inferos.proxy.bounded_json import read_json_object
 from inferos.proxy.data_plane import DataPlane, GateTimeout
+from inferos.proxy.deny_paths import PathDenyList, path_denied
 from inferos.proxy.forward import forward
+from inferos.proxy.host_guard import HostAllowList, forbidden_host
 from inferos.proxy.observer import Observer
 from inferos.proxy.routes import is_generation, route_label
 from inferos.proxy.settings import ProxySettings
@@ -37,10 +43,15 @@ class ProxyRuntime:
     observer: Observer
     data_plane: DataPlane = field(init=False)
     session: aiohttp.ClientSession | None = field(default=None, repr=False)
+    hosts: HostAllowList = field(init=False)
+    denied: PathDenyList = field(init=False)
 
     def __post_init__(self) -> None:
         self.data_plane = DataPlane(self.settings.upstream,
                                     forced_passthrough=self.settings.passthrough)
+        self.hosts = HostAllowList.for_listener(self.settings.listen.host,
+                                                self.settings.allowed_hosts)
+        self.denied = PathDenyList.of(self.settings.deny_paths)
 
     @property
     def upstream(self) -> str:
@@ -90,6 +101,12 @@ def model_named(body: bytes) -> str | None:
 
 async def _handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
+    host = request.headers.get("Host")
+    if not runtime.hosts.allows(host):
+        return forbidden_host(host or "")
+    # rel_url: the path of an absolute-form target too (`GET http://host/internal/set`).
+    if runtime.denied.denies(request.rel_url.raw_path):
+        return path_denied(request.rel_url.path)
     session = runtime.session
     assert session is not None
     plane = runtime.data_plane
@@ -115,8 +132,9 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         try:
             await plane.admit(route, model, generation)
         except GateTimeout as exc:
-            return errors.backend_reloading(exc.gate.reason,
-                                            max(1, math.ceil(exc.gate.max_wait_s / 4)), None)
+            answer = (errors.backend_unresponsive if exc.gate.code == "backend_unresponsive"
+                      else errors.backend_reloading)
+            return answer(exc.gate.reason, max(1, math.ceil(exc.gate.max_wait_s / 4)), None)
         admitted = True
         # After a wait the reload may have moved the backend (blue/green): this request
         # starts now, on the snapshot in force now.
@@ -131,7 +149,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
 
 def build_proxy_app(runtime: ProxyRuntime) -> web.Application:
     # client_max_size only limits request.read(); bodies are streamed and limited in forward.
-    app = web.Application(client_max_size=runtime.settings.max_body_bytes)
+    app = web.Application(client_max_size=runtime.settings.max_body_bytes,
+                          middlewares=[errors.unroutable_targets])
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(_upstream_session)
     app.router.add_route("*", "/{tail:.*}", _handle)

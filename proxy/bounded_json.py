@@ -36,6 +36,17 @@ def read_json_object(raw: bytes) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+def is_text(value: str) -> bool:
+    """Whether ``value`` is Unicode text: json reads a lone surrogate (``"\\ud800"``) into a
+    str that cannot be encoded, and one such model name as a Prometheus label would make
+    every later scrape fail."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def prompt_text(body: dict[str, Any]) -> str | None:
     """The prompt's text (``messages``, ``prompt`` or ``input``: strings, lists of them, and
     the ``content``/``text`` of objects), joined in order; for counting only, never kept.

@@ -54,6 +54,9 @@ class Gate:
     reason: str
     max_wait_s: float
     closed_at: float = field(default_factory=time.monotonic)
+    # The error code of the 503 a request gets past the wait: a reload, or a backend that
+    # stopped answering (controller/liveness.py).
+    code: str = "backend_reloading"
 
     def holds(self, route: str, model: str | None) -> bool:
         if route not in self.routes:
@@ -140,8 +143,9 @@ class DataPlane:
 
     def close_gate(self, model: str | None, reason: str, *,
                    routes: frozenset[str] = GENERATION,
-                   max_wait_s: float = DEFAULT_GATE_WAIT_S) -> Gate:
-        gate = Gate(model, routes, reason, max_wait_s)
+                   max_wait_s: float = DEFAULT_GATE_WAIT_S,
+                   code: str = "backend_reloading") -> Gate:
+        gate = Gate(model, routes, reason, max_wait_s, code=code)
         with self._write:
             current = self._snapshot
             self._snapshot = replace(current, version=current.version + 1,

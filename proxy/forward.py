@@ -5,7 +5,8 @@ Contract:
   hop-by-hop headers are dropped and ``X-Request-Id`` is added when absent (not in
   passthrough mode, which adds nothing);
 - status, reason, end-to-end headers and body bytes return as the upstream sent them, each
-  chunk written as soon as it arrives (SSE is never buffered);
+  chunk written as soon as it arrives (SSE is never buffered); the exceptions are Host,
+  a Location into the backend and a managed backend's key (``headers.py``);
 - the proxy answers on its own only when the upstream cannot: 502 unreachable, 504 silent
   past the idle timeout before answering, 413 body over the limit;
 - once a response has started, a failure upstream ends it after the bytes received so far:
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -33,6 +36,7 @@ from inferos.proxy.headers import (
     response_headers,
     skipped_auto_headers,
 )
+from inferos.proxy.host_guard import is_loopback
 from inferos.proxy.observation import Observation
 from inferos.proxy.observer import Observer
 from inferos.proxy.pending_context import PendingContexts, RequestFacts
@@ -81,9 +85,21 @@ def _poster(obs: Observation, queue: PendingContexts, in_flight: int) -> Callabl
     return post
 
 
+@functools.lru_cache(maxsize=64)
+def is_local(upstream: str) -> bool:
+    """Whether ``upstream`` runs on this machine: it gets the client's Host (headers.py)."""
+    host = urlsplit(upstream).hostname
+    return host is not None and is_loopback(host)
+
+
 def upstream_url(base: str, request: web.Request) -> URL:
-    # raw_path keeps the client's exact encoding and query string.
-    return URL(base + request.raw_path, encoded=True)
+    # raw_path keeps the client's exact encoding and query string. An absolute-form target
+    # (`GET http://host/path`, which a server must accept: RFC 9112 3.2.2) goes upstream in
+    # origin-form; aiohttp keeps its path and query, still encoded, in rel_url.
+    target = request.raw_path
+    if not target.startswith("/"):
+        target = request.rel_url.raw_path_qs
+    return URL(base + target, encoded=True)
 
 
 async def forward(
@@ -107,13 +123,21 @@ async def forward(
                           settings.observe_max_bytes)
         if facts is not None and obs.route in FACT_ROUTES:
             on_done = _poster(obs, facts, in_flight)
-    headers, request_id = request_headers(request.headers, add_request_id=obs is not None)
+    headers, request_id = request_headers(request.headers, add_request_id=obs is not None,
+                                          forward_host=is_local(upstream),
+                                          upstream_key=settings.upstream_api_key)
     if obs is not None:
         obs.request_id = request_id
 
     try:
         return await _relay(request, settings, session, upstream, headers, request_id, obs,
                             on_done, body)
+    except asyncio.CancelledError:
+        # The client went away before the upstream's response began (a long prefill):
+        # handler_cancellation cancels us inside session.request, where no outcome is set.
+        if obs is not None and obs.ended is None:
+            obs.finish(observation.CLIENT_DISCONNECT)
+        raise
     finally:
         if obs is not None and observer is not None:
             if obs.ended is None:
@@ -165,7 +189,7 @@ async def _relay(
         return _failed_before_response(exc, body_state, settings, upstream, request_id, obs)
 
     try:
-        return await _stream_back(request, upstream_resp, request_id, obs)
+        return await _stream_back(request, upstream_resp, request_id, obs, upstream)
     finally:
         # Closing (not releasing) a response that was not read to the end drops the
         # connection, which is how the backend learns that nobody is listening any more.
@@ -208,11 +232,14 @@ async def _stream_back(
     upstream_resp: aiohttp.ClientResponse,
     request_id: str | None,
     obs: Observation | None,
+    upstream: str,
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         status=upstream_resp.status,
         reason=upstream_resp.reason,
-        headers=response_headers(upstream_resp.headers),
+        # request.host: the Host the client used (the proxy's listener when it sent none).
+        headers=response_headers(upstream_resp.headers, upstream_origin=upstream,
+                                 proxy_origin=f"http://{request.host}"),
     )
     declared = upstream_resp.headers.get("Content-Length")
     if declared is not None and declared.isdigit():

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from inferos.proxy.bounded_json import prompt_text, read_json_object
+from inferos.proxy.bounded_json import is_text, prompt_text, read_json_object
 from inferos.proxy.observation import Observation
 from inferos.proxy.routes import is_generation
 
@@ -68,7 +68,7 @@ def _request_facts(obs: Observation) -> _Request:
     if body is None:
         return facts
     model = body.get("model")
-    if isinstance(model, str) and model and len(model) <= MAX_MODEL_NAME:
+    if isinstance(model, str) and model and len(model) <= MAX_MODEL_NAME and is_text(model):
         facts.model = model
     facts.stream = body.get("stream") is True
     facts.prompt_chars = len(prompt_text(body) or "")

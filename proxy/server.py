@@ -1,7 +1,8 @@
 """Starting and stopping the proxy and admin listeners together.
 
 ``ProxyServer`` is the one place where the data plane's listeners, upstream session and
-metrics live and die; ``inferos serve`` and the tests use it alike.
+metrics live and die; ``inferos serve`` and the tests use it alike. Both listeners bound
+their clients' connections (header timeout, idle keep-alive, cap: ``connection_limits.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from inferos.proxy.admin import build_admin_app
 from inferos.proxy.app import ProxyRuntime, build_proxy_app
+from inferos.proxy.connection_limits import ConnectionMetrics, GuardedAppRunner, ListenerGuard
 from inferos.proxy.metrics import ProxyMetrics
 from inferos.proxy.observer import Observer
 from inferos.proxy.settings import HostPort, ProxySettings
@@ -41,14 +43,20 @@ class ProxyServer:
         self.observer.subscribe(self.metrics.observe)
         self.proxy_app = build_proxy_app(self.runtime)
         self.admin_app = build_admin_app(self.runtime, self.registry)
+        connection_metrics = ConnectionMetrics(self.registry)
+        # Each listener counts its own connections: a flood of one leaves the other open.
+        self.guards = {name: ListenerGuard(name, settings.connections, connection_metrics)
+                       for name in ("proxy", "admin")}
         self._runners: list[web.AppRunner] = []
         self.listen: HostPort = settings.listen
         self.admin: HostPort = settings.admin
 
-    async def _start_site(self, app: web.Application, where: HostPort) -> HostPort:
+    async def _start_site(self, app: web.Application, where: HostPort,
+                          guard: ListenerGuard) -> HostPort:
         # handler_cancellation: a client that disconnects cancels its handler at once, even
         # while the backend is silent (a long prefill), and the upstream request with it.
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        # The guard bounds slow and idle clients and the connections open at once.
+        runner = GuardedAppRunner(app, guard, handler_cancellation=True, access_log=None)
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, where.host, where.port, reuse_address=True)
@@ -57,8 +65,10 @@ class ProxyServer:
 
     async def start(self) -> None:
         try:
-            self.listen = await self._start_site(self.proxy_app, self.settings.listen)
-            self.admin = await self._start_site(self.admin_app, self.settings.admin)
+            self.listen = await self._start_site(self.proxy_app, self.settings.listen,
+                                                 self.guards["proxy"])
+            self.admin = await self._start_site(self.admin_app, self.settings.admin,
+                                                self.guards["admin"])
         except BaseException:
             await self.stop()
             raise

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from inferos.errors import ConfigError
+from inferos.proxy.connection_limits import ConnectionSettings
 
 DEFAULT_LISTEN = "127.0.0.1:8020"
 DEFAULT_ADMIN = "127.0.0.1:8021"
@@ -15,6 +16,8 @@ DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 # Observation keeps at most this many response bytes per request to parse afterwards.
 DEFAULT_OBSERVE_MAX_BYTES = 8 * 1024 * 1024
+# Lemonade's admin routes (shutdown, set, ...): not for the proxy's clients (deny_paths.py).
+DEFAULT_DENY_PATHS: tuple[str, ...] = ("/internal/*",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +59,11 @@ class ProxySettings:
     total_timeout_s: float | None = None  # none by default: generations may be long
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     observe_max_bytes: int = DEFAULT_OBSERVE_MAX_BYTES
+    # Host names answered besides loopback and the listener's own ("*": any); host_guard.py.
+    allowed_hosts: tuple[str, ...] = ()
+    deny_paths: tuple[str, ...] = DEFAULT_DENY_PATHS
+    # Header timeout, idle keep-alive bound and connection cap of both listeners.
+    connections: ConnectionSettings = ConnectionSettings()
+    # The key of a backend Infer-OS runs itself (the embedded engine child): sent as its
+    # Authorization instead of the client's. None for a backend the user runs.
+    upstream_api_key: str | None = field(default=None, repr=False)

@@ -57,8 +57,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--kv-allow-evict", action="store_true",
                    help="a context that outgrows --ctx-size evicts its least important "
                         "tokens instead of ending (the policy's kv.allow_evict; live)")
-    p.add_argument("--api-key", default=os.environ.get("LEMONADE_API_KEY") or None,
-                   help="require 'Authorization: Bearer KEY' (env LEMONADE_API_KEY)")
+    # INFEROS_ENGINE_API_KEY first: inferos serve sets it for its child, and a
+    # LEMONADE_API_KEY the user exported for clients must not decide the child's key.
+    p.add_argument("--api-key", default=os.environ.get("INFEROS_ENGINE_API_KEY")
+                   or os.environ.get("LEMONADE_API_KEY") or None,
+                   help="require 'Authorization: Bearer KEY' (env INFEROS_ENGINE_API_KEY, "
+                        "else LEMONADE_API_KEY)")
     p.add_argument("--control-token",
                    default=os.environ.get("INFEROS_ENGINE_CONTROL_TOKEN") or None,
                    help="require 'X-Inferos-Control-Token: TOKEN' on /inferos/v1/policy "

@@ -10,13 +10,18 @@ Which backend, in this order:
 3. Otherwise a Lemonade answering on its default ports (13305, then 8000), unless
    ``--backend engine`` asks for the embedded engine outright.
 4. Otherwise the embedded engine: the model is prepared if needed (cached), the engine runs
-   as a child process (127.0.0.1:8022 when free) and is stopped with ``serve``.
+   as a child process (127.0.0.1:8022 when free) and is stopped with ``serve``. It gets a
+   random API key, made here for this run (in its environment, not its command line,
+   which every local user can read): it answers only the proxy and the controller, so no
+   other local process can go round the proxy's guards to its port.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -71,14 +76,18 @@ async def _serve(args: argparse.Namespace) -> int:
         "engine.backend": args.backend,
         "engine.model": args.model,
     })
-    upstream, backend = await _choose_backend(config, explicit_backend=args.backend)
-    return await _run_agent(config, upstream, backend)
+    from inferos.controller.admin_guard import check_exposure
+
+    # Before anything is prepared or started: an exposed admin API needs its token.
+    check_exposure(config.get("listen.admin"), config.get("listen.admin_token"))
+    upstream, backend, key = await _choose_backend(config, explicit_backend=args.backend)
+    return await _run_agent(config, upstream, backend, key)
 
 
 async def _choose_backend(config: Config, explicit_backend: str | None
-                          ) -> tuple[str, Backend]:
-    """The proxy's first upstream ("" when the controller starts the backend) and the
-    backend the controller tunes."""
+                          ) -> tuple[str, Backend, str | None]:
+    """The proxy's first upstream ("" when the controller starts the backend), the
+    backend the controller tunes, and that backend's API key when serve made one."""
     from inferos.controller.lemonade_backend import LemonadeBackend
     from inferos.errors import ConfigError
     from inferos.proxy.discovery import LEMONADE_DEFAULTS, find_lemonade
@@ -88,17 +97,18 @@ async def _choose_backend(config: Config, explicit_backend: str | None
     if backend not in BACKENDS:
         raise ConfigError(f"one of {', '.join(BACKENDS)}", key="engine.backend")
     if upstream is not None:
-        return upstream, LemonadeBackend(upstream)
+        return upstream, LemonadeBackend(upstream), None
     if backend == "llamacpp":
-        return "", _llamacpp_backend(config)
+        return "", _llamacpp_backend(config), None
     if explicit_backend is None:
         found = await asyncio.to_thread(find_lemonade)
         if found is not None:
             _say(f"Lemonade answers at {found}; proxying to it")
-            return found, LemonadeBackend(found)
+            return found, LemonadeBackend(found), None
         _say(f"no Lemonade answered at {' and '.join(LEMONADE_DEFAULTS)}; starting the "
              "embedded engine (give a backend with --upstream URL or INFEROS_UPSTREAM=URL)")
-    return "", await _engine_backend(config)
+    key = secrets.token_urlsafe(32)
+    return "", await _engine_backend(config, key), key
 
 
 def _llamacpp_backend(config: Config) -> Backend:
@@ -128,7 +138,7 @@ def _llamacpp_backend(config: Config) -> Backend:
     return ManagedBackend(LLAMACPP, launcher, starting_settings(config.policy()))
 
 
-async def _engine_backend(config: Config) -> Backend:
+async def _engine_backend(config: Config, api_key: str) -> Backend:
     from inferos.controller.backend_child import engine_launcher
     from inferos.controller.decisions import starting_settings
     from inferos.controller.managed_backend import ENGINE, ManagedBackend
@@ -145,15 +155,20 @@ async def _engine_backend(config: Config) -> Backend:
         model = name if precision == DEFAULT_PRECISION else str(folder)
     policy = config.policy()
     return ManagedBackend(ENGINE, engine_launcher(model), starting_settings(policy),
-                          live=live_keys(policy), preferred_port=ENGINE_PORT)
+                          live=live_keys(policy), preferred_port=ENGINE_PORT,
+                          api_key=api_key)
 
 
-async def _run_agent(config: Config, upstream: str, backend: Backend) -> int:
+async def _run_agent(config: Config, upstream: str, backend: Backend,
+                     upstream_key: str | None = None) -> int:
     from inferos.controller.agent import Agent
 
-    agent = Agent(config.proxy_settings(upstream), config.policy(),
+    settings = dataclasses.replace(config.proxy_settings(upstream),
+                                   upstream_api_key=upstream_key)
+    agent = Agent(settings, config.policy(),
                   config.controller_settings(), backend, profiles=config.profiles,
-                  admin_token=config.get("listen.admin_token"))
+                  admin_token=config.get("listen.admin_token"),
+                  allowed_origins=config.get("listen.allowed_origins"))
     await agent.start()
     proxy = agent.proxy
     mode = "passthrough" if proxy.data_plane.snapshot.passthrough else "observing"

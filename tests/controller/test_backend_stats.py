@@ -84,13 +84,17 @@ def test_a_backend_without_a_scheduler_reports_none() -> None:
     assert SchedulerStats.parse({"queue_depth": 1}) == SchedulerStats(queue_depth=1)
 
 
-def _scrape(body: Any) -> dict[str, float]:
+def _registry(body: Any) -> CollectorRegistry:
     registry = CollectorRegistry()
     collector = BackendStatsCollector()
     collector.latest = BackendStats.parse(body)
     registry.register(collector)
+    return registry
+
+
+def _scrape(body: Any) -> dict[str, float]:
     return {s.name: s.value for f in text_string_to_metric_families(
-        generate_latest(registry).decode()) for s in f.samples}
+        generate_latest(_registry(body)).decode()) for s in f.samples}
 
 
 SCHEDULER_SERIES = ("inferos_scheduler_max_batch", "inferos_scheduler_batch_occupancy",
@@ -170,3 +174,42 @@ def test_any_speculation_block_gives_a_share_or_none(block: dict[str, Any]) -> N
     rate = speculation.accept_rate
     assert rate is None or 0.0 <= rate <= 1.0
     _scrape({"scheduler": {"speculation": block}})  # and scrapes without raising
+
+
+# The engine's stats.memory after a few chats (this machine, engine/runtime_stats.py).
+MEMORY = {"rss_bytes": 1_189_003_264, "start_rss_bytes": 757_002_240,
+          "weights_bytes": 540_328_112, "batch_buffer_bytes": 1_509_949_440,
+          "batch_buffer_resident_bytes": 23_592_960, "batch_rows": 16,
+          "parked_kv_bytes": 6_291_456, "host_pool_bytes": 3_159_359_488,
+          "machine_total_bytes": 25_276_989_440, "machine_available_bytes": None,
+          "budget_bytes": 5_426_311_168}
+
+
+def test_the_engines_memory_and_budget_are_series() -> None:
+    parsed = BackendStats.parse({"memory": MEMORY})
+    assert parsed.memory is not None and parsed.memory.budget_bytes == 5_426_311_168
+    samples = _scrape({"memory": MEMORY})
+    assert samples["inferos_engine_memory_budget_bytes"] == 5_426_311_168
+    assert samples["inferos_engine_host_pool_bytes"] == 3_159_359_488
+    text = generate_latest(_registry({"memory": MEMORY})).decode()
+    kinds = {s.labels["kind"]: s.value for f in text_string_to_metric_families(text)
+             if f.name == "inferos_engine_memory_bytes" for s in f.samples}
+    assert kinds == {"rss": 1_189_003_264, "start_rss": 757_002_240,
+                     "weights": 540_328_112, "batch_buffer_allocated": 1_509_949_440,
+                     "batch_buffer_resident": 23_592_960, "parked_kv": 6_291_456}
+
+
+def test_memory_the_engine_could_not_measure_is_absent_not_zero() -> None:
+    body = {**MEMORY, "rss_bytes": None, "batch_buffer_resident_bytes": None,
+            "start_rss_bytes": None, "budget_bytes": None}
+    memory = BackendStats.parse({"memory": body}).memory
+    assert memory is not None and memory.as_dict()["rss_bytes"] is None
+    assert memory.as_dict()["budget_bytes"] is None
+    text = generate_latest(_registry({"memory": body})).decode()
+    kinds = {s.labels["kind"] for f in text_string_to_metric_families(text)
+             if f.name == "inferos_engine_memory_bytes" for s in f.samples}
+    assert kinds == {"weights", "batch_buffer_allocated", "parked_kv"}
+    assert "inferos_engine_memory_budget_bytes" not in text
+    # Lemonade, llama.cpp: no memory block, no series.
+    assert BackendStats.parse({"kv_levels": {}}).memory is None
+    assert "inferos_engine_memory" not in generate_latest(_registry({})).decode()

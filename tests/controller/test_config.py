@@ -10,7 +10,16 @@ from inferos.controller.config import SCHEMA, load_config
 from inferos.controller.policy import flatten
 from inferos.controller.profiles import PROFILE_POLICIES
 from inferos.controller.setting_table import SETTINGS, Setting
-from inferos.controller.setting_types import Address, Bool, ByteSize, Choice, Float, Int, Url
+from inferos.controller.setting_types import (
+    Address,
+    Bool,
+    ByteSize,
+    Choice,
+    Float,
+    Int,
+    TextList,
+    Url,
+)
 from inferos.errors import ConfigError
 from inferos.proxy.settings import HostPort
 
@@ -157,6 +166,8 @@ def _env_text(setting: Setting) -> tuple[str, object]:
         return "127.0.0.1:9999", HostPort("127.0.0.1", 9999)
     if isinstance(kind, Url):
         return "http://h:1/", "http://h:1"
+    if isinstance(kind, TextList):  # comma-separated in the environment
+        return "/a/*, /b", ("/a/*", "/b")
     return "cpu", "cpu"
 
 

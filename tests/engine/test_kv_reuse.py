@@ -1,10 +1,11 @@
 """Prefix reuse across requests and conversations through the kvstore, on the real model.
 
 Interleaved conversations each find their own history in the store (the pool's one free
-buffer holds only the last one); restored exact (L0) blocks give the tokens of a cold run,
-INT8 blocks stay within a measured logit bound; a small host pool demotes parked KV and
-its bytes drop; stats have the shapes the controller reads; a cancelled generation still
-returns its buffer and parks what it computed. The models here run a policy whose
+buffer holds only the last one); restored L0 blocks (parked in float16) give the tokens of
+a cold run and logits within 0.02 of its, INT8 blocks stay within a measured logit bound;
+a small host pool demotes parked KV and its bytes drop; stats have the shapes the
+controller reads; a cancelled generation still returns its buffer and parks what it
+computed. The models here run a policy whose
 thresholds keep parked KV exact until the byte budget presses (the default thresholds
 would quantize it: tests/engine/test_live_policy.py).
 """
@@ -137,7 +138,9 @@ def test_restored_blocks_against_a_cold_run(smollm2_folder: Path, cold: LoadedMo
         assert model.stats()["kv_store"]["restored_tokens"] >= len(first) // 32 * 32 - 32
         diff = float(np.abs(restored - reference).max())
         if level is Level.L0:
-            assert diff == 0.0  # exact blocks: the very same logits
+            # Parked in float16 (issue 11): measured 0.0029-0.0038 on licence prompts of
+            # 446-518 tokens; bit for bit only while L0 was parked in float32.
+            assert 0.0 < diff < 0.02, diff
         else:
             # INT8, KIVI groups of 32: measured 0.011 on this prompt (INT4: 0.25)
             assert diff < 0.1, diff
@@ -192,6 +195,17 @@ def test_stats_shapes_and_what_the_controller_reads(warm: LoadedModel, texts: li
     assert set(parsed.kv_tokens) == {"L0", "L1", "L2", "L3"}
     assert parsed.prefix_hits == stats["prefix_cache"]["hits"] >= 2
     assert stats["kv_store"]["bytes"] == stats["kv_levels"]["L0"]["bytes"] > 0
+    # L0 parked in float16: the bytes of FP16, half the buffers' float32 (issue 11)
+    assert stats["kv_store"]["bytes"] == stats["kv_store"]["fp16_bytes"]
+    assert stats["kv_store"]["exact_bytes"] == 2 * stats["kv_store"]["bytes"]
+    memory = stats["memory"]
+    assert memory["parked_kv_bytes"] == stats["kv_store"]["bytes"]
+    assert memory["batch_buffer_bytes"] == stats["kv_pool"]["allocated_bytes"]
+    assert memory["budget_bytes"] == (memory["start_rss_bytes"] + memory["batch_buffer_bytes"]
+                                      + memory["host_pool_bytes"])
+    assert 0 < memory["batch_buffer_resident_bytes"] <= memory["batch_buffer_bytes"]
+    assert memory["start_rss_bytes"] > memory["weights_bytes"] // 2 > 0
+    assert parsed.memory is not None and parsed.memory.kinds["parked_kv"] > 0
 
 
 def test_reuse_off_reports_an_empty_store(cold: LoadedModel) -> None:

@@ -61,6 +61,15 @@ def test_health_shape(own_engine: RunningServer) -> None:
     assert entry["pid"] == own_engine.process.pid
     assert Path(entry["checkpoint"]).is_dir()
     assert entry["recipe_options"]["ctx_size"] == 512
+    # Issue 11: the engine's memory and its budget, measured here (Linux: /proc, mincore).
+    memory = health["memory"]
+    assert {"rss_bytes", "start_rss_bytes", "weights_bytes", "batch_buffer_bytes",
+            "batch_buffer_resident_bytes", "batch_rows", "parked_kv_bytes",
+            "host_pool_bytes", "budget_bytes"} <= set(memory)
+    assert memory["rss_bytes"] > memory["weights_bytes"] > 100 * 2**20
+    assert memory["batch_buffer_bytes"] == memory["batch_rows"] * 512 * 46_080  # fp32 rows
+    assert memory["budget_bytes"] >= memory["rss_bytes"]
+    assert _get(own_engine, "stats")["memory"].keys() == memory.keys()
 
 
 def test_models_list_and_show_all(own_engine: RunningServer) -> None:

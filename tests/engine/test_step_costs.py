@@ -3,7 +3,7 @@ verifying rows of a batch alone only when the measured costs say it pays."""
 
 from __future__ import annotations
 
-from inferos.engine.step_costs import MIN_CHUNK, PREFILL_CHUNK, StepCosts
+from inferos.engine.step_costs import MIN_CHUNK, PREFILL_CHUNK, QUEUED_EFFICIENCY, StepCosts
 
 
 def test_chunks_are_full_alone_small_unmeasured_and_sized_to_the_budget() -> None:
@@ -30,3 +30,31 @@ def test_rows_are_verified_alone_only_when_that_measures_faster() -> None:
     assert costs.verify_alone(4, [6.0, 6.0, 1.2]) == 2
     # free text: a verification yields 1.3 tokens, which never pays
     assert costs.verify_alone(4, [1.3, 1.3, 1.3, 1.3]) == 0
+
+
+def test_prompts_queued_behind_get_efficient_chunks_over_the_budget() -> None:
+    costs = StepCosts()
+    costs.single_step(0.02)                 # 20 ms fixed
+    costs.chunk(100, 0.02 + 0.15, 0.03)     # 1.5 ms a prompt token
+    # the budget leaves (100 - 45 - 20) / 1.5 = 23 tokens: a run at 63% of full speed
+    assert costs.chunk_size(PREFILL_CHUNK, 4, 0.1, 0.045) == 23
+    # with prompts queued behind it, at least 80%: 20 ms * 0.8 / (0.2 * 1.5 ms) -> 54
+    efficient = costs.chunk_size(PREFILL_CHUNK, 4, 0.1, 0.045, queued=True)
+    assert efficient == 54
+    assert efficient * 0.0015 / (0.02 + efficient * 0.0015) >= QUEUED_EFFICIENCY
+    # a budget with more room than that still decides
+    assert costs.chunk_size(PREFILL_CHUNK, 4, 0.3, 0.045, queued=True) == 156
+    # the expected cost of a chunk, for the decode step's reserve
+    chunk_s = costs.chunk_s(MIN_CHUNK, 0.0)
+    assert chunk_s is not None and abs(chunk_s - (0.02 + MIN_CHUNK * 0.0015)) < 1e-9
+
+
+def test_verifying_alone_keeps_the_step_within_the_budget() -> None:
+    costs = StepCosts()
+    costs.batched_step(4, 0.040)
+    costs.batched_step(2, 0.032)
+    costs.single_step(0.025)
+    costs.verification(0.035)
+    assert costs.verify_alone(4, [6.0, 6.0, 1.2]) == 2          # 102 ms a step
+    assert costs.verify_alone(4, [6.0, 6.0, 1.2], 0.1) == 1     # 75 ms fits, 102 does not
+    assert costs.verify_alone(4, [6.0, 6.0, 1.2], 0.03) == 0    # under the batched step
