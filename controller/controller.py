@@ -61,9 +61,6 @@ BACKEND_READ_EVERY_S = 2.0
 READ_FAILURES_UNKNOWN = 3
 CLIENT_ROUTES = ("load", "unload")
 FACTS_BUDGET_S = 0.005
-# The fast loop at rest: a heartbeat every 5 ms. Each ms between beats is a ms less of the
-# fail-safe's 75 ms staleness margin on a starved machine (20 ms tripped a loaded one).
-FAST_IDLE_S = 0.005
 DecideFn = Callable[..., Decision]
 
 
@@ -146,11 +143,8 @@ class Controller:
         self._tasks = TaskGroup()
         self.start_error: BaseException | None = None
         self.loops = [
-            # Idle, the fast loop ticks every FAST_IDLE_S (the heartbeat, well inside the
-            # fail-safe's staleness) and a request's facts wake it at once.
             ControlLoop("fast", settings.fast_s, self._fast, self.failsafe,
-                        self.metrics.loop_jitter, idle_period_s=max(settings.fast_s,
-                                                                    FAST_IDLE_S)),
+                        self.metrics.loop_jitter),
             ControlLoop("mid", settings.mid_s, self._mid, self.failsafe,
                         self.metrics.loop_jitter),
             ControlLoop("slow", settings.slow_s, self._slow, self.failsafe,
@@ -159,7 +153,6 @@ class Controller:
                         self.metrics.loop_jitter),
         ]
         plane.collect_facts = True
-        plane.facts.on_post = self.loops[0].wake
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self, timeout_s: float = 600) -> None:
@@ -270,9 +263,7 @@ class Controller:
         self.telemetry.event(kind, **fields)
 
     # -- loops ------------------------------------------------------------------------
-    def _fast(self) -> bool:
-        """Takes the request facts the proxy posted; True while there were any (the loop
-        stays at its period), False when idle."""
+    def _fast(self) -> None:
         self.failsafe.heartbeat()
         backlog = self._backlog
         arrived = self.plane.take_facts()
@@ -303,7 +294,6 @@ class Controller:
                 self.post_run_context(context)
         self.metrics.run_contexts_dropped.set(self.plane.facts.dropped + self.facts_dropped
                                               + self._backlog_dropped)
-        return bool(arrived) or bool(backlog)
 
     def _mid(self) -> None:
         current = self.snapshots.current

@@ -164,7 +164,9 @@ def resident_bytes(arrays: Iterable[np.ndarray]) -> int | None:
         if _LIBC.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), vector) != 0:
             return None
         resident = np.ctypeslib.as_array(vector)
-        total += int(np.count_nonzero(resident & 1)) * page
+        # whole pages: an array that does not start or end on a page boundary shares its
+        # edge pages with its neighbours, which must not count for more than it holds
+        total += min(int(np.count_nonzero(resident & 1)) * page, array.nbytes)
     return total
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -28,16 +27,12 @@ class PendingContexts:
         self._items: collections.deque[RequestFacts] = collections.deque(maxlen=maxlen)
         self.posted = 0
         self.dropped = 0
-        # called after each post (the controller's fast loop wakes on it); any thread
-        self.on_post: Callable[[], None] | None = None
 
     def post(self, facts: RequestFacts) -> None:
         if len(self._items) == self._items.maxlen:
             self.dropped += 1
         self._items.append(facts)
         self.posted += 1
-        if self.on_post is not None:
-            self.on_post()
 
     def drain(self) -> list[RequestFacts]:
         out = []
