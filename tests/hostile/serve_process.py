@@ -87,7 +87,9 @@ def serve_embedded(tmp_path: Path, env: Mapping[str, str] | None = None) -> Iter
     prepared_model()
     port, admin_port = free_port(), free_port()
     log_path = tmp_path / "serve.log"
-    base = {k: v for k, v in os.environ.items() if not k.startswith("INFEROS_")}
+    # the caller's INFEROS_* settings stay out, but not where the model cache is
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith("INFEROS_") or k in ("INFEROS_CACHE", "INFEROS_MODELS_DIR")}
     full_env = {**base, "PYTHONUNBUFFERED": "1",
                 "INFEROS_INFER_OS_TELEMETRY_DIR": str(tmp_path / "logs"),
                 # Not what these tests are about: no fail-safe trip for a loaded machine.
