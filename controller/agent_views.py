@@ -129,6 +129,8 @@ def health(controller: Controller) -> dict[str, Any]:
             "heartbeat_age_ms": round((time.monotonic() - controller.failsafe.heartbeat_at)
                                       * 1000, 1),
             "failsafe_trips": controller.failsafe.trips,
+            # How the staleness rule sees the controller now (stall, starvation excused).
+            "failsafe": controller.failsafe.describe(),
             "last_fault_to_passthrough_ms": None if controller.failsafe.last_trip_latency_s
             is None else round(controller.failsafe.last_trip_latency_s * 1000, 3),
             "loops": {lp.name: {"period_ms": lp.period_s * 1000, "ticks": lp.ticks,

@@ -101,6 +101,7 @@ class Evidence:
     stall_s: float = 0.0                  # the process was stopped or starved
     runqueue_wait_s: float | None = None  # the controller's thread was ready, not scheduled
     waiting_now: bool = False             # ... and still is
+    ran_s: float | None = None            # the controller's thread was on a CPU (diagnosis)
 
     @property
     def excused_s(self) -> float:
@@ -144,27 +145,37 @@ class StalenessTracker:
 
     def __init__(self) -> None:
         self._prev: WatchSample | None = None
+        self._since: float | None = None  # the first sample's time
         self._beat: float | None = None
         self._stall_s = 0.0
         self._wait_s = 0.0
+        self._ran_s = 0.0
 
     def observe(self, sample: WatchSample, heartbeat_at: float) -> Evidence:
         prev, self._prev = self._prev, sample
+        if self._since is None:
+            self._since = sample.at
         if heartbeat_at != self._beat:  # a new beat: its evidence starts from nothing
             self._beat = heartbeat_at
-            self._stall_s = self._wait_s = 0.0
-        age = max(0.0, sample.at - heartbeat_at)
+            self._stall_s = self._wait_s = self._ran_s = 0.0
+        # Age counts from the first sample at the latest: before it nothing was measured, so
+        # nothing can be excused, and a starved start (the controller's first beat, then
+        # the listeners binding on a loaded machine) read as a hang with no evidence.
+        age = max(0.0, sample.at - max(heartbeat_at, self._since))
         now = sample.controller
         if prev is None:
-            return Evidence(age, runqueue_wait_s=None if now is None else 0.0)
+            return Evidence(age, runqueue_wait_s=None if now is None else 0.0,
+                            ran_s=None if now is None else 0.0)
         span = max(0.0, min(age, sample.at - prev.at))
         self._stall_s += min(max(0.0, sample.stall_s - prev.stall_s), span)
         before = prev.controller
         waiting_now = False
         if now is not None and before is not None and now.tid == before.tid:
             self._wait_s += min(max(0.0, now.wait_s - before.wait_s), span)
+            self._ran_s += min(max(0.0, now.run_s - before.run_s), span)
             waiting_now = now.runnable is True and now.run_s <= before.run_s
-        return Evidence(age, self._stall_s, None if now is None else self._wait_s, waiting_now)
+        return Evidence(age, self._stall_s, None if now is None else self._wait_s, waiting_now,
+                        None if now is None else self._ran_s)
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -286,9 +297,12 @@ class FailSafe:
         self.last_evidence = evidence
         if self.rule.stale(evidence):
             excused_ms = min(evidence.excused_s, evidence.heartbeat_age_s) * 1000
+            ran = ("" if evidence.ran_s is None
+                   else f", its thread ran {evidence.ran_s * 1000:.0f} ms")
             self.trip(f"controller stale: no heartbeat for "
                       f"{evidence.heartbeat_age_s * 1000:.0f} ms"
-                      + (f" ({excused_ms:.0f} ms of it starved)" if excused_ms >= 1 else ""),
+                      + (f" ({excused_ms:.0f} ms of it starved{ran})" if excused_ms >= 1
+                         else f" ({ran[2:]})" if ran else ""),
                       "stale", fault_at=heartbeat_at)
             return
         if self.rule.excuses(evidence) and self._excused_beat != heartbeat_at:

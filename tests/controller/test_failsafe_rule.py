@@ -281,3 +281,39 @@ def test_probe_reads_a_real_thread_or_says_it_cannot() -> None:
     while probe.read() is not None:
         assert time.monotonic() < deadline
         time.sleep(0.01)
+
+
+# -- the watchdog's first sample ----------------------------------------------------------
+def test_tracker_judges_nothing_from_before_its_first_sample() -> None:
+    # The controller beat, then the process was starved before the watchdog first woke
+    # (listeners binding on a loaded machine): with no earlier sample there is no evidence
+    # either way, so the age counts from the first sample. This tripped hostile tests on a
+    # loaded machine, at serve's start: "no heartbeat for 164 ms", nothing excused.
+    tracker = StalenessTracker()
+    first = tracker.observe(WatchSample(1.000, 0.0, _sched(1.0, 0.5)), heartbeat_at=0.800)
+    assert first.heartbeat_age_s == 0.0 and not RULE.stale(first)
+    later = tracker.observe(WatchSample(1.010, 0.0, _sched(1.0, 0.5)), heartbeat_at=0.800)
+    assert later.heartbeat_age_s == pytest.approx(0.010)
+    # ... and a controller that stays silent is still a hang, dated from that sample
+    hung = tracker.observe(WatchSample(1.090, 0.0, _sched(1.0, 0.5)), heartbeat_at=0.800)
+    assert hung.heartbeat_age_s == pytest.approx(0.090) and RULE.stale(hung)
+
+
+def test_tracker_reports_how_long_the_controller_ran() -> None:
+    # for the trip's message: a thread that ran was busy itself; one that did not, blocked
+    tracker = StalenessTracker()
+    tracker.observe(WatchSample(0.000, 0.0, _sched(1.0, 0.5)), heartbeat_at=0.000)
+    busy = tracker.observe(WatchSample(0.090, 0.0, _sched(1.08, 0.5)), heartbeat_at=0.000)
+    assert busy.ran_s == pytest.approx(0.08)
+    assert tracker.observe(WatchSample(0.100, 0.0), heartbeat_at=0.0).ran_s is None
+
+
+def test_failsafe_first_tick_after_a_starved_start_does_not_trip(clock: FakeTime) -> None:
+    fs = _failsafe()
+    clock.now += 0.200  # beat at construction, then 200 ms before the first tick
+    fs.check()
+    assert fs.trips == 0
+    _ticks(fs, clock, 7, beat=False)  # still silent 70 ms after that tick: within bound
+    assert fs.trips == 0
+    _ticks(fs, clock, 1, beat=False)
+    assert fs.trips == 1

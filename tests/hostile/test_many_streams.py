@@ -64,4 +64,7 @@ def test_256_concurrent_streams_all_complete(serve: Serve) -> None:
     stats = poll(serve.engine_stats, idle, "engine idle with its KV pool whole")
     assert stats["rejected_requests"] == 0 and stats["failed_requests"] == 0, stats
     assert stats["completed_requests"] >= STREAMS, stats
-    assert serve.health()["status"] == "ok"
+    health = serve.health()
+    assert health["status"] == "ok"
+    # A busy machine is not a hung controller: the default bound held without a trip.
+    assert health["controller"]["failsafe_trips"] == 0, serve.log()[-3000:]
