@@ -27,6 +27,9 @@ from inferos.engine.api_errors import ApiError, invalid_param, invalid_token_id
 
 # OpenAI's documented range; llama.cpp accepts more but the SDKs validate to this.
 MAX_TEMPERATURE = 2.0
+# Lemonade's names (``user.Qwen2.5-0.5B-Instruct-GGUF``) are tens of characters; a longer
+# one is refused before it is looked up or echoed in an error message.
+MAX_MODEL_NAME = 256
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,8 @@ def _common(body: Any) -> tuple[str | None, bool, bool, Sampling]:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise invalid_param("model", "'model' must be a string")
+    if model is not None and len(model) > MAX_MODEL_NAME:
+        raise invalid_param("model", f"'model' is longer than {MAX_MODEL_NAME} characters")
     n = body.get("n")
     if n is not None and n != 1:
         raise invalid_param("n", "only n=1 is supported")
@@ -288,6 +293,9 @@ def parse_load(body: Any) -> LoadRequest:
     name = body.get("model_name", body.get("model"))
     if not isinstance(name, str) or not name:
         raise invalid_param("model_name", "'model_name' is required and must be a string")
+    if len(name) > MAX_MODEL_NAME:
+        raise invalid_param("model_name",
+                            f"'model_name' is longer than {MAX_MODEL_NAME} characters")
     ctx_size = body.get("ctx_size")
     if ctx_size is not None:
         if isinstance(ctx_size, bool) or not isinstance(ctx_size, int) or ctx_size < -1:

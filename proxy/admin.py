@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from inferos import __version__
 from inferos.proxy.app import ProxyRuntime
+from inferos.proxy.errors import openai_error
 
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 PROXY = web.AppKey("proxy", ProxyRuntime)
@@ -55,8 +56,28 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+@web.middleware
+async def openai_shaped_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own 404 and 405 (a path or method the admin API does not have) are plain
+    text; every admin error is OpenAI-shaped, as the proxy's are."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        if exc.status not in (404, 405):
+            raise
+        kind = "not_found" if exc.status == 404 else "method_not_allowed"
+        answer = openai_error(exc.status, kind, f"{request.method} {request.path}: "
+                              + ("no such admin endpoint" if exc.status == 404
+                                 else "method not allowed on this endpoint"))
+        if exc.status == 405 and "Allow" in exc.headers:
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
+
+
 def build_admin_app(runtime: ProxyRuntime, registry: CollectorRegistry) -> web.Application:
-    app = web.Application()
+    # Outermost: the guard's refusals and every handler's errors pass through it.
+    app = web.Application(middlewares=[openai_shaped_errors])
     app[REGISTRY] = registry
     app[PROXY] = runtime
     app[HEALTH_PARTS] = []

@@ -7,6 +7,7 @@ relayed untouched, in whichever of Lemonade's two shapes it used.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -23,6 +24,17 @@ def openai_error(status: int, kind: str, message: str, *, request_id: str | None
     if request_id:
         response.headers[REQUEST_ID] = request_id
     return response
+
+
+def stream_broken_event(outcome: str) -> bytes:
+    """The SSE event that ends a stream whose backend went away or fell silent mid-way:
+    an ``error`` event in OpenAI's shape, which OpenAI's SDKs raise as an APIError, so a
+    client never takes a cut answer for a whole one."""
+    what = "went silent" if outcome == "upstream_timeout" else "closed the connection"
+    body = {"error": {"message": f"the backend {what} before the stream ended; the text so "
+                                 "far is incomplete", "type": outcome, "param": None,
+                      "code": outcome}}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
 def upstream_unavailable(upstream: str, detail: str, request_id: str | None) -> web.Response:

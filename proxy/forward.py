@@ -10,8 +10,9 @@ Contract:
 - the proxy answers on its own only when the upstream cannot: 502 unreachable, 504 silent
   past the idle timeout before answering, 413 body over the limit;
 - once a response has started, a failure upstream ends it after the bytes received so far:
-  a chunked response is closed cleanly, a response with a Content-Length is cut (the
-  client sees a short body rather than a wrong one);
+  an SSE stream gets one OpenAI-shaped ``error`` event and ends (its clients then see an
+  error, not a short answer); another chunked response is cut, as is a response with a
+  Content-Length (the client sees a broken body rather than a complete-looking one);
 - a client that goes away cancels the handler, which closes the upstream connection, so
   the backend stops generating.
 """
@@ -272,11 +273,16 @@ async def _stream_back(
 
     if obs is not None:
         obs.finish(outcome)
-    if outcome != observation.OK and response.content_length is not None:
-        # A declared length we can no longer honour: cut the connection rather than pad.
+    sse = upstream_resp.headers.get("Content-Type", "").startswith("text/event-stream")
+    if outcome != observation.OK and (response.content_length is not None or not sse):
+        # A declared length we can no longer honour, or a body with no way to say it
+        # broke: cut the connection rather than end it as if it were complete.
         if request.transport is not None:
             request.transport.close()
         return response
     with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+        if outcome != observation.OK:
+            # An event boundary first, in case the backend broke off inside an event.
+            await response.write(b"\n\n" + errors.stream_broken_event(outcome))
         await response.write_eof()
     return response

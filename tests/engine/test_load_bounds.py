@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from inferos.engine.api_errors import ApiError
-from inferos.engine.api_requests import parse_load
+from inferos.engine.api_requests import MAX_MODEL_NAME, parse_chat, parse_load
 from inferos.engine.load_options import MAX_CTX_SIZE, MAX_NAME_CHARS, check_bounds, max_threads
 from tests.backends import RunningServer
 from tests.engine.engine_process import MODEL
@@ -52,3 +52,13 @@ def test_the_engine_refuses_them_and_keeps_what_is_loaded(engine: RunningServer,
     assert set(error) == {"message", "type", "param", "code"}
     after = httpx.get(engine.url + "/api/v1/health", timeout=60).json()["all_models_loaded"]
     assert [m["recipe_options"] for m in after] == [m["recipe_options"] for m in before]
+
+
+def test_a_model_name_past_its_bound_is_a_400_naming_it() -> None:
+    parse_load({"model_name": "m" * MAX_MODEL_NAME})
+    with pytest.raises(ApiError) as refused:
+        parse_load({"model_name": "m" * (MAX_MODEL_NAME + 1)})
+    assert refused.value.status == 400 and refused.value.param == "model_name"
+    with pytest.raises(ApiError) as refused:
+        parse_chat({"model": "m" * 100_000, "messages": [{"role": "user", "content": "x"}]})
+    assert refused.value.status == 400 and refused.value.param == "model"

@@ -45,6 +45,7 @@ class EquipmentUpstream:
         r.add_post("/sse/forever", self.sse_forever)
         r.add_post("/sse/crash", self.sse_crash)
         r.add_get("/length/crash", self.length_crash)
+        r.add_get("/chunked/crash", self.chunked_crash)
         r.add_route("*", "/silent", self.silent)
         r.add_get("/gzip", self.gzipped)
         r.add_get("/status/{code}", self.status)
@@ -127,6 +128,16 @@ class EquipmentUpstream:
     async def length_crash(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         resp.content_length = 1000
+        await resp.prepare(request)
+        await resp.write(b'{"partial": ')
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    async def chunked_crash(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
         await resp.prepare(request)
         await resp.write(b'{"partial": ')
         await asyncio.sleep(0.05)

@@ -72,3 +72,18 @@ async def test_malformed_json_is_forwarded_untouched(
                 assert resp.status == 200
                 assert base64.b64decode((await resp.json())["body_b64"]) == body
     assert proxy.observer.errors == 0
+
+
+async def test_admin_listener_unknown_path_and_method_are_openai_shaped(
+        equipment: EquipmentUpstream, make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy(equipment.url)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(proxy.admin_url + "/v1/no-such-thing") as resp:
+            assert resp.status == 404
+            _openai_error(await resp.json(), "not_found")
+        async with client.delete(proxy.admin_url + "/metrics") as resp:
+            assert resp.status == 405
+            _openai_error(await resp.json(), "method_not_allowed")
+            assert "GET" in resp.headers["Allow"]
+        async with client.get(proxy.admin_url + "/v1/health") as resp:
+            assert resp.status == 200  # a route that exists is untouched
