@@ -39,7 +39,8 @@ one run whose servers are all children of this process.
    (copy, edit, rewrite, summarize licence text) and one free-form story: decode tok/s
    (1 / TPOT) with speculation on and off, and whether the outputs are identical; the same
    for llama-server without and with ngram-mod. Each prompt is sent once untimed first,
-   so every measured run finds it in the prefix cache alike. Targets: grounded x1.5
+   so every measured run finds it in the prefix cache alike; ours take turns, plain then
+   speculative, run by run (median of 3 each). Targets: grounded x1.5
    (geometric mean), the story at most 5% slower.
 
 The machine may be shared: every round of section 1, and sections 2 and 3 as a whole, say
@@ -104,7 +105,7 @@ class Plan:
     quick: bool
 
 
-FULL = Plan((1, 4, 8), (128, 1024), 128, 4, 2048, 128, 2, False)
+FULL = Plan((1, 4, 8), (128, 1024), 128, 4, 2048, 128, 3, False)
 QUICK = Plan((1, 2), (128,), 16, 2, 512, 32, 1, True)
 
 
@@ -281,19 +282,38 @@ class Decode:
     accepted: int
 
 
+async def decode_run(client: httpx.AsyncClient, side: Side, prompt: str, plan: Plan
+                     ) -> Decode:
+    body = {"messages": [{"role": "user", "content": prompt}],
+            "max_tokens": plan.spec_tokens}
+    s = await generate(client, side, "chat/completions", body)
+    return Decode(1.0 / s.tpot if s.tpot else float("nan"), s.text,
+                  int(s.timings.get("draft_n", 0)), int(s.timings.get("draft_n_accepted", 0)))
+
+
 async def decode_runs(client: httpx.AsyncClient, side: Side, prompt: str, plan: Plan
                       ) -> list[Decode]:
+    """The peer's runs of one prompt (its speculation is a server flag: one side a server)."""
     body = {"messages": [{"role": "user", "content": prompt}]}
     # untimed first: the measured runs find the prompt in the prefix cache alike
     await generate(client, side, "chat/completions", {**body, "max_tokens": 2})
-    runs = []
+    return [await decode_run(client, side, prompt, plan) for _ in range(plan.spec_repeats)]
+
+
+async def plain_and_spec_runs(client: httpx.AsyncClient, serve: Serve, prompt: str,
+                              plan: Plan) -> tuple[list[Decode], list[Decode]]:
+    """Ours, plain and speculative taking turns run by run, so that drift in the
+    machine's speed falls on both alike (one median of 2 once put the story at x0.88)."""
+    side = serve.side
+    body = {"messages": [{"role": "user", "content": prompt}]}
+    await generate(client, side, "chat/completions", {**body, "max_tokens": 2})
+    plain: list[Decode] = []
+    spec: list[Decode] = []
     for _ in range(plan.spec_repeats):
-        s = await generate(client, side, "chat/completions",
-                           {**body, "max_tokens": plan.spec_tokens})
-        runs.append(Decode(1.0 / s.tpot if s.tpot else float("nan"), s.text,
-                           int(s.timings.get("draft_n", 0)),
-                           int(s.timings.get("draft_n_accepted", 0))))
-    return runs
+        for enabled, runs in ((False, plain), (True, spec)):
+            await set_policy(client, serve, {"speculation": {"enabled": enabled}})
+            runs.append(await decode_run(client, side, prompt, plan))
+    return plain, spec
 
 
 def same_output(a: list[Decode], b: list[Decode]) -> str:
@@ -369,10 +389,7 @@ async def run_ours(plan: Plan, serve: Serve, ids: list[int], out: Out) -> Ours:
 
         spec: dict[str, tuple[list[Decode], list[Decode]]] = {}
         for task, prompt in speculation_tasks(plan.quick):
-            await set_policy(client, serve, {"speculation": {"enabled": False}})
-            plain = await decode_runs(client, side, prompt, plan)
-            await set_policy(client, serve, {"speculation": {"enabled": True}})
-            spec[task] = (plain, await decode_runs(client, side, prompt, plan))
+            spec[task] = await plain_and_spec_runs(client, serve, prompt, plan)
         await set_policy(client, serve, on)
     return Ours(budget, rounds, shared, peer_warm, prefill, spec,
                 (prefill_others, watch.others()))

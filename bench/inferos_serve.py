@@ -10,16 +10,14 @@ The context (``backend.ctx_size``) and threads (``backend.threads``) are pinned 
 their environment names, so the controller never restarts the engine in the middle of a
 measurement to grow its context; the controller's telemetry goes to ``log_dir``, not the
 working copy's ``logs/``; ``INFEROS_*`` settings of the caller's environment are dropped
-(an ``INFEROS_UPSTREAM`` would point the proxy elsewhere), except ``INFEROS_CACHE``.
+(an ``INFEROS_UPSTREAM`` would point the proxy elsewhere), except where the model
+cache is (tests/serve_child.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -34,7 +32,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.sse_client import BenchError, Side  # noqa: E402
-from tests.backends import free_port, wait_until_up  # noqa: E402
+from tests.backends import free_port  # noqa: E402
+from tests.serve_child import child_env, started_serve  # noqa: E402
 
 __all__ = ["MODEL", "Serve", "running_serve", "scheduler_stats", "set_policy", "wait_idle"]
 
@@ -56,30 +55,15 @@ def running_serve(log_dir: Path, *, threads: int, ctx_size: int = 4096) -> Itera
     entered; on exit SIGTERM, which stops its engine too. Its output is in
     ``log_dir/inferos_serve.log``."""
     port, admin = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("INFEROS_") or k == "INFEROS_CACHE"}
-    env.update(PYTHONUNBUFFERED="1", INFEROS_INFER_OS_BACKEND_CTX_SIZE=str(ctx_size),
-               INFEROS_INFER_OS_BACKEND_THREADS=str(threads),
-               INFEROS_INFER_OS_TELEMETRY_DIR=str(log_dir / "telemetry"))
-    log_path = log_dir / "inferos_serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "inferos.cli", "serve", "--backend", "engine",
-             "--model", MODEL, "--listen", f"{HOST}:{port}", "--admin", f"{HOST}:{admin}"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+    env = child_env({"INFEROS_INFER_OS_BACKEND_CTX_SIZE": str(ctx_size),
+                     "INFEROS_INFER_OS_BACKEND_THREADS": str(threads),
+                     "INFEROS_INFER_OS_TELEMETRY_DIR": str(log_dir / "telemetry")})
     url = f"http://{HOST}:{port}"
-    try:
-        # /api/v1/health goes through the proxy to the engine: 200 once the model is in
-        wait_until_up(url + "/api/v1/health", process, log_path, deadline_s=START_TIMEOUT_S)
+    # /api/v1/health goes through the proxy to the engine: 200 once the model is in
+    with started_serve(["--backend", "engine", "--model", MODEL, "--listen", f"{HOST}:{port}",
+                        "--admin", f"{HOST}:{admin}"], env, log_dir / "inferos_serve.log",
+                       up_url=url + "/api/v1/health", deadline_s=START_TIMEOUT_S):
         yield Serve(Side("inferos", url, MODEL, "/api/v1"), f"http://{HOST}:{admin}")
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=15)
 
 
 def _flatten(patch: dict[str, Any], prefix: str = "") -> dict[str, Any]:

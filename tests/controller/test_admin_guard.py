@@ -5,7 +5,6 @@ tools and its own origin, keeps reads open for scrapers, and takes a token
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from inferos.controller.config import load_config
 from inferos.errors import ConfigError
 from inferos.proxy.settings import HostPort
 from tests.controller.conftest import controller_settings, policy, proxy_settings
+from tests.serve_child import child_env
 
 # Nothing listens there: these tests need the admin listener only.
 NO_BACKEND = "http://127.0.0.1:9"
@@ -169,7 +169,7 @@ def test_a_loopback_admin_needs_none(host: str) -> None:
 
 
 def test_serve_refuses_to_start_an_exposed_admin_without_a_token(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFEROS_")}
+    env = child_env()
     done = subprocess.run([sys.executable, "-m", "inferos.cli", "serve", "--upstream",
                            NO_BACKEND, "--admin", "0.0.0.0:0", "--listen", "127.0.0.1:0"],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -28,6 +28,7 @@ from inferos.proxy.data_plane import DataPlane, GateTimeout
 from inferos.tasks import TaskGroup
 from tests.backends import free_port
 from tests.engine.engine_process import MODEL, engine_process, prepared_model
+from tests.serve_child import child_env
 
 UPSTREAM = "http://127.0.0.1:9"
 ANSWER = ProbeResult(True, latency_s=0.001, detail="HTTP 200")
@@ -141,12 +142,11 @@ def test_a_frozen_engine_is_reported_and_new_generations_get_503(tmp_path: Path)
     prepared_model()
     port, admin_port = free_port(), free_port()
     proxy, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "INFEROS_UPSTREAM_LIVENESS_INTERVAL_S": "0.25",
-           "INFEROS_UPSTREAM_LIVENESS_TIMEOUT_S": "1.0",
-           "INFEROS_UPSTREAM_LIVENESS_FAILURES": "2",
-           "INFEROS_UPSTREAM_LIVENESS_WAIT_S": "1.5",
-           "INFEROS_INFER_OS_TELEMETRY_DIR": str(tmp_path / "logs")}
+    env = child_env({"INFEROS_UPSTREAM_LIVENESS_INTERVAL_S": "0.25",
+                     "INFEROS_UPSTREAM_LIVENESS_TIMEOUT_S": "1.0",
+                     "INFEROS_UPSTREAM_LIVENESS_FAILURES": "2",
+                     "INFEROS_UPSTREAM_LIVENESS_WAIT_S": "1.5",
+                     "INFEROS_INFER_OS_TELEMETRY_DIR": str(tmp_path / "logs")})
     with engine_process(tmp_path, "--ctx-size", "1024") as engine, \
             open(tmp_path / "serve.log", "wb") as serve_log:
         serve = subprocess.Popen(

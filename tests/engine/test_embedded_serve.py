@@ -3,10 +3,8 @@ never leaves it behind (SIGTERM stops it; if serve is killed outright, it stops 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +14,9 @@ import psutil
 import pytest
 
 from inferos.proxy.discovery import find_lemonade
-from tests.backends import free_port, stop, wait_until_up
+from tests.backends import free_port
 from tests.engine.engine_process import MODEL
+from tests.serve_child import child_env, started_serve
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -42,19 +41,11 @@ def serve(smollm2_folder: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Pop
     if find_lemonade() is not None:
         pytest.skip("a Lemonade server answers on its default port; no embedded default")
     proxy = f"127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFEROS_")}
     log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "inferos.cli", "serve", "--listen", proxy,
-             "--admin", f"127.0.0.1:{free_port()}"],
-            stdout=log, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"})
     url = f"http://{proxy}"
-    try:
-        wait_until_up(url + "/api/v1/health", process, log_path, deadline_s=300)
+    with started_serve(["--listen", proxy, "--admin", f"127.0.0.1:{free_port()}"],
+                       child_env(), log_path, up_url=url + "/api/v1/health") as process:
         yield process, url, log_path
-    finally:
-        stop(process)
 
 
 def _engine_child(process: subprocess.Popen[bytes]) -> psutil.Process:

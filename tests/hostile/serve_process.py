@@ -4,10 +4,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -17,8 +14,9 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.backends import free_port, wait_until_up
+from tests.backends import free_port
 from tests.engine.engine_process import MODEL, prepared_model
+from tests.serve_child import child_env, started_serve
 
 DEADLINE_S = 120.0  # generous: two cores shared with whatever else runs
 
@@ -87,31 +85,16 @@ def serve_embedded(tmp_path: Path, env: Mapping[str, str] | None = None) -> Iter
     prepared_model()
     port, admin_port = free_port(), free_port()
     log_path = tmp_path / "serve.log"
-    # the caller's INFEROS_* settings stay out, but not where the model cache is
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith("INFEROS_") or k in ("INFEROS_CACHE", "INFEROS_MODELS_DIR")}
-    full_env = {**base, "PYTHONUNBUFFERED": "1",
-                "INFEROS_INFER_OS_TELEMETRY_DIR": str(tmp_path / "logs"), **(env or {})}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "inferos.cli", "serve", "--backend", "engine",
-             "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin_port}"],
-            stdout=log, stderr=subprocess.STDOUT, env=full_env)
-    running = Serve(process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}",
-                    log_path)
-    try:
-        wait_until_up(running.proxy + "/api/v1/health", process, log_path, deadline_s=300)
+    full_env = child_env({"INFEROS_INFER_OS_TELEMETRY_DIR": str(tmp_path / "logs"),
+                          **(env or {})})
+    proxy = f"http://127.0.0.1:{port}"
+    with started_serve(["--backend", "engine", "--listen", f"127.0.0.1:{port}",
+                        "--admin", f"127.0.0.1:{admin_port}"], full_env, log_path,
+                       up_url=proxy + "/api/v1/health") as process:
+        running = Serve(process, proxy, f"http://127.0.0.1:{admin_port}", log_path)
         poll(running.health, lambda h: h["status"] == "ok", "serve healthy")
         yield running
         # Hostile load is a busy machine, not a hung controller: the default staleness
         # bound (75 ms) must hold through it. A killed backend trips for its own reason.
         stale = [line for line in running.log().splitlines() if "controller stale" in line]
         assert not stale, stale[:3]
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)

@@ -11,7 +11,6 @@ these: the settings are fixed below on purpose)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from inferos.controller.openapi import build_openapi
 from tests.backends import free_port
 from tests.engine.engine_process import engine_process, prepared_model
 from tests.hostile.serve_process import poll
+from tests.serve_child import child_env
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -48,8 +48,7 @@ def admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("schemathesis")
     port, admin_port = free_port(), free_port()
     admin = f"http://127.0.0.1:{admin_port}"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("INFEROS_")},
-           "PYTHONUNBUFFERED": "1", "INFEROS_INFER_OS_TELEMETRY_DIR": str(folder / "logs")}
+    env = child_env({"INFEROS_INFER_OS_TELEMETRY_DIR": str(folder / "logs")})
     with engine_process(folder, "--ctx-size", "1024") as engine, \
             open(folder / "serve.log", "wb") as log:
         serve = subprocess.Popen(
