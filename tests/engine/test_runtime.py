@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from inferos.engine.detokenize import Detokenizer
-from inferos.engine.prepare import MANIFEST, ensure_prepared
+from inferos.engine.prepare import MANIFEST, SOURCES, ensure_prepared, gguf_path
 from inferos.engine.runtime import EngineOptions, LoadedModel, SamplingParams, load_model
 from inferos.errors import ModelError
 
@@ -167,7 +167,10 @@ def test_preparation_is_cached_with_a_manifest(smollm2_folder: Path) -> None:
     again = ensure_prepared("SmolLM2-135M-Instruct", progress=said.append)
     assert again == smollm2_folder and said == []  # cached: nothing to do, nothing said
     manifest = json.loads((smollm2_folder / MANIFEST).read_text())
-    source = Path(manifest["source"])
+    # The GGUF the installed package ships now: the manifest's path is where it was when
+    # the model was prepared, which may be a virtual environment gone since (the cache
+    # outlives checkouts).
+    source = gguf_path(SOURCES["smollm2-135m-instruct"])
     assert manifest["source_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
     assert manifest["precision"] == "fp32" and manifest["tools"]["onnxruntime-genai"]
     with pytest.raises(ModelError, match="unknown model"):
