@@ -47,6 +47,7 @@ class Stream:
     stamps: list[float] = field(default_factory=list)  # arrival of each chunk with content
     pieces: list[str] = field(default_factory=list)
     usage_tokens: int | None = None  # None: the stream was closed before its usage came
+    prompt_tokens: int | None = None  # the server's count of the prompt, from usage
     timings: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -110,6 +111,8 @@ async def generate(client: httpx.AsyncClient, side: Side, route: str, body: dict
                     stream.pieces.append(piece)
             if event.get("usage"):
                 stream.usage_tokens = int(event["usage"]["completion_tokens"])
+                if event["usage"].get("prompt_tokens") is not None:
+                    stream.prompt_tokens = int(event["usage"]["prompt_tokens"])
             if event.get("timings"):
                 stream.timings = event["timings"]
             if stop is not None and stop.is_set():

@@ -83,6 +83,10 @@ class ControllerSettings:
     upstream_api_key: str | None = field(default=None, repr=False)
 
 
+class InjectedFault(RuntimeError):
+    """Raised by the mid loop when a fault was injected (``Controller.inject_fault``)."""
+
+
 class Controller:
     def __init__(self, plane: DataPlane, registry: CollectorRegistry, policy: Policy,
                  settings: ControllerSettings, backend: Backend | None = None,
@@ -98,6 +102,7 @@ class Controller:
         self.token_counters = token_counters or {}
         self.decide_fn = decide_fn
         self.profiles = profiles
+        self._fault_requested = False  # set by inject_fault (test equipment)
         self.sample_fn = sampler or SystemSampler().sample
         self.metrics = ControllerMetrics(registry)
         self.telemetry = Telemetry(settings.telemetry_dir)
@@ -295,7 +300,17 @@ class Controller:
         self.metrics.run_contexts_dropped.set(self.plane.facts.dropped + self.facts_dropped
                                               + self._backlog_dropped)
 
+    def inject_fault(self) -> None:
+        """Test equipment: the mid loop's next tick raises, as a defect in the controller
+        would, so that the fail-safe's real path runs (bench/ab.py's fallback criterion;
+        ``inferos serve`` wires it to SIGUSR1 only under INFEROS_FAULT_SIGNAL=1). A plain
+        flag: safe to set from a signal handler on another thread."""
+        self._fault_requested = True
+
     def _mid(self) -> None:
+        if self._fault_requested:
+            self._fault_requested = False
+            raise InjectedFault("a fault injected on request (test equipment)")
         current = self.snapshots.current
         try:
             current.check()

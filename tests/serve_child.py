@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tests.backends import wait_until_up
 
-__all__ = ["KEPT", "child_env", "started_serve", "stop_serve"]
+__all__ = ["KEPT", "child_env", "started_inferos", "started_serve", "stop_serve"]
 
 # Where the model cache is: a serve without them would prepare the model again.
 KEPT = ("INFEROS_CACHE", "INFEROS_MODELS_DIR")
@@ -46,8 +46,17 @@ def started_serve(args: list[str], env: Mapping[str, str], log_path: Path, *, up
                   deadline_s: float = 300) -> Iterator[subprocess.Popen[bytes]]:
     """``inferos serve ARGS``, its output in ``log_path``; up once ``up_url`` answers 200
     (the first start may prepare the model: minutes)."""
+    with started_inferos("serve", args, env, log_path, up_url=up_url,
+                         deadline_s=deadline_s) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def started_inferos(command: str, args: list[str], env: Mapping[str, str], log_path: Path, *,
+                    up_url: str, deadline_s: float = 300) -> Iterator[subprocess.Popen[bytes]]:
+    """``inferos COMMAND ARGS`` (``serve``, ``engine``), as ``started_serve``."""
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "inferos.cli", "serve", *args],
+        process = subprocess.Popen([sys.executable, "-m", "inferos.cli", command, *args],
                                    stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, env=dict(env))
     try:

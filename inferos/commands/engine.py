@@ -1,7 +1,8 @@
 """``inferos engine``: the embedded engine's Lemonade-compatible server, in the foreground.
 
 The live policy's flags (``--recent-window``, ``--sink-tokens``, ``--level-thresholds``,
-``--max-delta-ppl``, ``--host-pool-bytes``, ``--kv-allow-evict``) are its start values,
+``--max-delta-ppl``, ``--host-pool-bytes``, ``--kv-allow-evict``, ``--max-batch``,
+``--no-speculation``) are its start values,
 version 0; ``POST /inferos/v1/policy`` changes them while the engine runs.
 """
 
@@ -54,6 +55,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         "quality.max_delta_ppl; default 0.5; live)")
     p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
                    help="never reuse the KV of an earlier prompt's prefix")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="most sequences decoded together in one run (the policy's "
+                        "scheduler.max_batch; default 8; 1 = one request at a time; live)")
+    p.add_argument("--no-speculation", dest="speculation", action="store_false",
+                   help="never draft tokens by prompt lookup (the policy's "
+                        "speculation.enabled; live)")
     p.add_argument("--kv-allow-evict", action="store_true",
                    help="a context that outgrows --ctx-size evicts its least important "
                         "tokens instead of ending (the policy's kv.allow_evict; live)")
@@ -133,10 +140,16 @@ async def _engine(args: argparse.Namespace) -> int:
         raise ConfigError("must be a finite number >= 0", key="max-delta-ppl")
     thresholds = parse_thresholds(args.level_thresholds) if args.level_thresholds \
         else LevelThresholds()
+    from inferos.engine.engine_policy import DEFAULT_MAX_BATCH, MAX_BATCH_LIMIT
+
+    max_batch = DEFAULT_MAX_BATCH if args.max_batch is None else args.max_batch
+    if not 1 <= max_batch <= MAX_BATCH_LIMIT:
+        raise ConfigError(f"must be from 1 to {MAX_BATCH_LIMIT}", key="max-batch")
     policy = EnginePolicy.starting(
         provider or best_provider(), recent_window=window, sink_tokens=sinks,
         thresholds=thresholds, allow_evict=args.kv_allow_evict,
-        host_pool_bytes=host_pool_bytes, max_delta_ppl=budget)
+        host_pool_bytes=host_pool_bytes, max_delta_ppl=budget, max_batch=max_batch,
+        speculation=args.speculation)
     model = args.model or DEFAULT_MODEL
     catalog, model_id = catalog_for(model)
     settings = EngineSettings(model=model_id, host=args.host, port=args.port, options=options,

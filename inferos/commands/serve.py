@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import secrets
 import signal
 import sys
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from inferos.controller.config import Config
 
 BACKENDS = ("engine", "llamacpp")
+FAULT_SIGNAL_ENV = "INFEROS_FAULT_SIGNAL"
 ENGINE_PORT = 8022
 
 
@@ -178,6 +180,11 @@ async def _run_agent(config: Config, upstream: str, backend: Backend,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if os.environ.get(FAULT_SIGNAL_ENV) == "1" and hasattr(signal, "SIGUSR1"):
+        # Test equipment for bench/ab.py's fallback criterion: only a process of the same
+        # user can send a signal, and nothing turns it on but this variable.
+        loop.add_signal_handler(signal.SIGUSR1, agent.controller.inject_fault)
+        _say(f"{FAULT_SIGNAL_ENV}=1: SIGUSR1 injects a controller fault (test equipment)")
     try:
         await stop.wait()
     finally:
