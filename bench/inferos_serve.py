@@ -50,14 +50,16 @@ class Serve:
 
 
 @contextlib.contextmanager
-def running_serve(log_dir: Path, *, threads: int, ctx_size: int = 4096) -> Iterator[Serve]:
+def running_serve(log_dir: Path, *, threads: int, ctx_size: int = 4096,
+                  env: dict[str, str] | None = None) -> Iterator[Serve]:
     """``inferos serve --backend engine`` on free ports, healthy through the proxy when
     entered; on exit SIGTERM, which stops its engine too. Its output is in
-    ``log_dir/inferos_serve.log``."""
+    ``log_dir/inferos_serve.log``. ``env``: settings of its own (INFEROS_ADMIN_TOKEN...)."""
     port, admin = free_port(), free_port()
     env = child_env({"INFEROS_INFER_OS_BACKEND_CTX_SIZE": str(ctx_size),
                      "INFEROS_INFER_OS_BACKEND_THREADS": str(threads),
-                     "INFEROS_INFER_OS_TELEMETRY_DIR": str(log_dir / "telemetry")})
+                     "INFEROS_INFER_OS_TELEMETRY_DIR": str(log_dir / "telemetry"),
+                     **(env or {})})
     url = f"http://{HOST}:{port}"
     # /api/v1/health goes through the proxy to the engine: 200 once the model is in
     with started_serve(["--backend", "engine", "--model", MODEL, "--listen", f"{HOST}:{port}",

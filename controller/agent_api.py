@@ -7,6 +7,7 @@
     GET  /v1/metrics       the seed's shape; what this machine cannot measure is null
     GET  /v1/health        {"status": "ok"|"degraded"|"passthrough", ...}
     GET  /openapi.json     this API, described
+    GET  /, /dashboard     the dashboard page; GET /v1/dashboard its data (dashboard_routes.py)
 
 Who may call it (Host, Origin, token, content type) is ``admin_guard.py``'s to decide; its
 middleware answers before any handler here runs.
@@ -22,6 +23,7 @@ from aiohttp import web
 
 from inferos.controller.admin_guard import AdminGuard
 from inferos.controller.controller import Controller
+from inferos.controller.dashboard_routes import add_dashboard_routes
 from inferos.controller.openapi import build_openapi
 from inferos.controller.run_context import RunContext
 from inferos.errors import ConfigError
@@ -103,5 +105,6 @@ def add_agent_api(app: web.Application, controller: Controller, *,
     app.router.add_post("/v1/run-context", post_run_context)
     app.router.add_get("/v1/metrics", get_metrics)
     app.router.add_get("/openapi.json", get_openapi)
+    add_dashboard_routes(app, controller)
 
 

@@ -83,6 +83,9 @@ class ControllerSettings:
     upstream_api_key: str | None = field(default=None, repr=False)
 
 
+RECENT_EVENTS = 50
+
+
 class InjectedFault(RuntimeError):
     """Raised by the mid loop when a fault was injected (``Controller.inject_fault``)."""
 
@@ -122,6 +125,10 @@ class Controller:
         self.last_sample: SystemSample | None = None
         self.last_decision: Decision | None = None
         self.events_written = 0
+        # The latest events as written to telemetry, for the dashboard (a deque's append
+        # and a copy of it are safe across the controller's and the server's threads).
+        self.recent_events: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=RECENT_EVENTS)
         # What the backend said last (read back), and what became of each key.
         self.state: BackendState | None = None
         self.restart_outcomes: dict[str, Outcome] = {}
@@ -265,7 +272,7 @@ class Controller:
 
     def event(self, kind: str, **fields: Any) -> None:
         self.events_written += 1
-        self.telemetry.event(kind, **fields)
+        self.recent_events.append(self.telemetry.event(kind, **fields))
 
     # -- loops ------------------------------------------------------------------------
     def _fast(self) -> None:

@@ -62,3 +62,14 @@ if [ "$what" = test ] && ! command -v prometheus >/dev/null 2>&1; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus >/dev/null
 fi
+
+# Debian's Chromium and its WebDriver, for the dashboard's tests in a real (headless)
+# browser (tests/controller/test_dashboard_browser.py).
+if [ "$what" = test ] && ! { command -v chromium >/dev/null 2>&1 \
+    && command -v chromedriver >/dev/null 2>&1; }; then
+  echo "setup: installing Debian's chromium and chromium-driver" >&2
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+fi

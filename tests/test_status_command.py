@@ -42,6 +42,7 @@ async def test_status_summarizes_a_running_stack(llama_server: RunningServer,
         assert f"policy      v{agent.controller.snapshots.current.version}" in out
         assert "profile=balanced" in out and llama_server.url in out
         assert "last minute 2 requests, 0 errors" in out and "TTFT p50" in out
+        assert f"dashboard   {agent.proxy.admin_url}/" in out
         async with aiohttp.ClientSession() as client:
             await client.post(agent.proxy.admin_url + "/v1/policy", json={"mode": "passthrough"})
         code, out = await _status("--admin", admin)

@@ -176,6 +176,7 @@ async def _run_agent(config: Config, upstream: str, backend: Backend,
     mode = "passthrough" if proxy.data_plane.snapshot.passthrough else "observing"
     _say(f"proxy on {proxy.proxy_url} -> {agent.runtime.upstream} ({mode}); control API, "
          f"metrics and health on {proxy.admin_url}")
+    _say(f"dashboard: {proxy.admin_url}/")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

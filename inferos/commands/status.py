@@ -31,7 +31,8 @@ def _num(value: Any, unit: str = "") -> str:
     return "n/a" if value is None else f"{value:.1f}{unit}"
 
 
-def render(health: dict[str, Any], metrics: dict[str, Any] | None) -> str:
+def render(health: dict[str, Any], metrics: dict[str, Any] | None,
+           dashboard: str | None = None) -> str:
     minute = health.get("last_minute") or {}
     settings = health.get("backend_settings") or {}
     controller = health.get("controller") or {}
@@ -56,6 +57,8 @@ def render(health: dict[str, Any], metrics: dict[str, Any] | None) -> str:
         f"in flight   {health.get('in_flight', 0)}  "
         f"failsafe trips={controller.get('failsafe_trips', 0)}",
     ]
+    if dashboard is not None:
+        lines.append(f"dashboard   {dashboard}")
     if not_in_effect:
         lines.append(f"not in effect {', '.join(not_in_effect)} (see /v1/health policy_status)")
     if metrics is not None:
@@ -77,5 +80,5 @@ def _cmd_status(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     metrics = metrics_response.json() if metrics_response.status_code == 200 else None
-    print(json.dumps(health, indent=2) if args.json else render(health, metrics))
+    print(json.dumps(health, indent=2) if args.json else render(health, metrics, base + "/"))
     return 0 if health.get("status") == "ok" else 1
