@@ -25,6 +25,14 @@ could not run is excused, from two measurements (``StalenessTracker`` turns them
   (state R) and has not run since the last tick is starved *now*, and gets no verdict until
   it runs.
 
+- the data plane thread's **run-queue wait**, read the same way by the watchdog, which runs
+  on that thread. The controller needs the GIL to run, and a thread that holds it while
+  ready but not scheduled keeps the controller waiting on it, asleep (not on a run queue,
+  so its own counters show nothing): seen on a loaded two-core machine as "no heartbeat for
+  265 ms (134 ms of it starved, its thread ran 19 ms)". The data plane is the thread that
+  holds the GIL the most. Its wait and the stall measure the same starvation of the data
+  plane, so the larger of the two counts, not their sum.
+
 Each is counted only for the part of its window after the heartbeat, and the excuse is
 capped at ``starved_limit_s``: past that a starved controller counts as hung, because what
 it left in force (a closed gate, a limit) would otherwise hold requests.
@@ -90,6 +98,7 @@ class WatchSample:
     at: float                     # monotonic
     stall_s: float                # the data plane's stall, cumulative
     controller: ThreadSchedule | None = None
+    data_plane: ThreadSchedule | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +111,17 @@ class Evidence:
     runqueue_wait_s: float | None = None  # the controller's thread was ready, not scheduled
     waiting_now: bool = False             # ... and still is
     ran_s: float | None = None            # the controller's thread was on a CPU (diagnosis)
+    plane_wait_s: float | None = None     # the data plane's thread (the GIL's usual holder)
+                                          # was ready, not scheduled
 
     @property
     def excused_s(self) -> float:
-        # A sum, not a max: a thread on a run queue is not also stopped, and a stopped
-        # process followed by a starved thread must excuse both. Where the two overlap
-        # (everything starved at once) the sum can only excuse more than the age, and the
-        # rule clips it.
-        return self.stall_s + (self.runqueue_wait_s or 0.0)
+        # The data plane's starvation (its stall, or its thread's run-queue wait: two
+        # measures of one thing, so the larger) plus the controller's own: a sum, not a
+        # max, since a thread on a run queue is not also stopped, and a stopped process
+        # followed by a starved thread must excuse both. Where they overlap (everything
+        # starved at once) the sum can only excuse more than the age, and the rule clips it.
+        return max(self.stall_s, self.plane_wait_s or 0.0) + (self.runqueue_wait_s or 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +162,7 @@ class StalenessTracker:
         self._stall_s = 0.0
         self._wait_s = 0.0
         self._ran_s = 0.0
+        self._plane_wait_s = 0.0
 
     def observe(self, sample: WatchSample, heartbeat_at: float) -> Evidence:
         prev, self._prev = self._prev, sample
@@ -157,15 +170,17 @@ class StalenessTracker:
             self._since = sample.at
         if heartbeat_at != self._beat:  # a new beat: its evidence starts from nothing
             self._beat = heartbeat_at
-            self._stall_s = self._wait_s = self._ran_s = 0.0
+            self._stall_s = self._wait_s = self._ran_s = self._plane_wait_s = 0.0
         # Age counts from the first sample at the latest: before it nothing was measured, so
         # nothing can be excused, and a starved start (the controller's first beat, then
         # the listeners binding on a loaded machine) read as a hang with no evidence.
         age = max(0.0, sample.at - max(heartbeat_at, self._since))
         now = sample.controller
+        plane = sample.data_plane
         if prev is None:
             return Evidence(age, runqueue_wait_s=None if now is None else 0.0,
-                            ran_s=None if now is None else 0.0)
+                            ran_s=None if now is None else 0.0,
+                            plane_wait_s=None if plane is None else 0.0)
         span = max(0.0, min(age, sample.at - prev.at))
         self._stall_s += min(max(0.0, sample.stall_s - prev.stall_s), span)
         before = prev.controller
@@ -174,8 +189,12 @@ class StalenessTracker:
             self._wait_s += min(max(0.0, now.wait_s - before.wait_s), span)
             self._ran_s += min(max(0.0, now.run_s - before.run_s), span)
             waiting_now = now.runnable is True and now.run_s <= before.run_s
+        if plane is not None and prev.data_plane is not None \
+                and plane.tid == prev.data_plane.tid:
+            self._plane_wait_s += min(max(0.0, plane.wait_s - prev.data_plane.wait_s), span)
         return Evidence(age, self._stall_s, None if now is None else self._wait_s, waiting_now,
-                        None if now is None else self._ran_s)
+                        None if now is None else self._ran_s,
+                        None if plane is None else self._plane_wait_s)
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -230,6 +249,7 @@ class FailSafe:
         self.last_evidence: Evidence | None = None
         self._tracker = StalenessTracker()
         self._probe: ThreadProbe | None = None
+        self._plane_probe: ThreadProbe | None = None  # the watchdog's (data plane's) thread
         self._excused_beat: float | None = None
         self._on_event = on_event
         self.failovers = Counter("inferos_failovers", "Fail-safe trips to passthrough",
@@ -292,7 +312,8 @@ class FailSafe:
         controller = None
         if probe is not None:
             controller = probe.read(with_state=now - heartbeat_at > self.rule.stale_after_s)
-        evidence = self._tracker.observe(WatchSample(now, self.stall_s, controller),
+        plane = self._plane_probe.read() if self._plane_probe is not None else None
+        evidence = self._tracker.observe(WatchSample(now, self.stall_s, controller, plane),
                                          heartbeat_at)
         self.last_evidence = evidence
         if self.rule.stale(evidence):
@@ -310,10 +331,13 @@ class FailSafe:
             self.starved += 1
             self.starved_total.inc()
             log.info("fail-safe: heartbeat %.0f ms old, but the controller was starved "
-                     "(stall %.0f ms, run queue %s ms%s): not a hang",
+                     "(stall %.0f ms, run queue %s ms, data plane's run queue %s ms%s): "
+                     "not a hang",
                      evidence.heartbeat_age_s * 1000, evidence.stall_s * 1000,
                      "?" if evidence.runqueue_wait_s is None
                      else f"{evidence.runqueue_wait_s * 1000:.0f}",
+                     "?" if evidence.plane_wait_s is None
+                     else f"{evidence.plane_wait_s * 1000:.0f}",
                      ", waiting now" if evidence.waiting_now else "")
         reason = self.plane.snapshot.failsafe_reason
         if (reason is not None and self.last_fault_at is not None
@@ -326,6 +350,7 @@ class FailSafe:
         """The watchdog; runs until cancelled. Each tick also measures the data plane's
         stall: lateness of its own sleep that this process's CPU time does not explain."""
         period = self.settings.watch_period_s
+        self._plane_probe = ThreadProbe.current()
         while True:
             slept_at, cpu_at = time.monotonic(), time.process_time()
             await asyncio.sleep(period)
@@ -343,6 +368,7 @@ class FailSafe:
         return {
             "stale_after_ms": self.settings.stale_after_s * 1000,
             "controller_thread_probed": self._probe is not None,
+            "data_plane_thread_probed": self._plane_probe is not None,
             "stall_ms_total": round(self.stall_s * 1000, 1),
             "starved_not_hung": self.starved,
             "excused_ms": None if evidence is None

@@ -317,3 +317,45 @@ def test_failsafe_first_tick_after_a_starved_start_does_not_trip(clock: FakeTime
     assert fs.trips == 0
     _ticks(fs, clock, 1, beat=False)
     assert fs.trips == 1
+
+
+def test_a_controller_waiting_on_a_starved_gil_holder_is_starved_not_hung() -> None:
+    # The reproduced trip: "no heartbeat for 265 ms (134 ms of it starved, its thread ran
+    # 19 ms)": the rest the controller slept waiting for the GIL, held by the data plane's
+    # thread while that waited for a CPU.
+    plane = Evidence(heartbeat_age_s=265 * MS, stall_s=3 * MS, runqueue_wait_s=131 * MS,
+                     plane_wait_s=120 * MS)
+    assert not RULE.stale(plane) and RULE.excuses(plane)
+    # without the data plane's wait the same figures are a hang
+    assert RULE.stale(Evidence(heartbeat_age_s=265 * MS, stall_s=3 * MS,
+                               runqueue_wait_s=131 * MS))
+    # the stall and the data plane's wait measure one starvation: the larger counts once
+    both = Evidence(heartbeat_age_s=300 * MS, stall_s=200 * MS, plane_wait_s=190 * MS)
+    assert both.excused_s == pytest.approx(200 * MS) and RULE.stale(both)
+
+
+def test_a_controller_holding_the_gil_is_still_hung() -> None:
+    # the data plane waits on the GIL asleep (no run-queue wait), the controller runs C code
+    hung = Evidence(heartbeat_age_s=90 * MS, runqueue_wait_s=0.0, ran_s=90 * MS,
+                    plane_wait_s=0.0)
+    assert RULE.stale(hung)
+
+
+def test_tracker_counts_the_data_planes_wait_after_the_beat() -> None:
+    tracker = StalenessTracker()
+    tracker.observe(WatchSample(0.000, 0.0, _sched(1.0, 0.5), _sched(5.0, 2.0, tid=3)),
+                    heartbeat_at=0.000)
+    evidence = tracker.observe(
+        WatchSample(0.200, 0.0, _sched(1.01, 0.55), _sched(5.02, 2.15, tid=3)),
+        heartbeat_at=0.010)
+    assert evidence.plane_wait_s == pytest.approx(0.15)  # within the 190 ms after the beat
+    later = tracker.observe(
+        WatchSample(0.300, 0.0, _sched(1.02, 0.56), _sched(5.03, 2.60, tid=3)),
+        heartbeat_at=0.010)
+    assert later.plane_wait_s == pytest.approx(0.25)  # +0.45 clipped to the 100 ms window
+    fresh = tracker.observe(
+        WatchSample(0.310, 0.0, _sched(1.03, 0.56), _sched(5.04, 2.61, tid=3)),
+        heartbeat_at=0.305)
+    assert fresh.plane_wait_s == pytest.approx(0.005)  # a new beat starts from nothing
+    unprobed = StalenessTracker().observe(WatchSample(0.0, 0.0), heartbeat_at=0.0)
+    assert unprobed.plane_wait_s is None
