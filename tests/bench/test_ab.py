@@ -196,3 +196,31 @@ def test_the_readme_block_is_replaced_and_nothing_else(tmp_path: Path) -> None:
     readme.write_text("no markers\n")
     with pytest.raises(ValueError):
         update_readme(results, readme, tmp_path / "docs" / "ab")
+
+
+@pytest.mark.model
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_the_quick_run_against_a_backend_the_user_runs(tmp_path: Path) -> None:
+    """--upstream: OFF is the backend addressed directly, ON inferos serve in front of it;
+    here the backend is a Lemonade-compatible ``inferos engine`` the test starts, found by
+    its port for its memory."""
+    from tests.engine.engine_process import MODEL, engine_process, prepared_model
+
+    prepared_model()
+    with engine_process(tmp_path, "--ctx-size", "2048") as backend:
+        out = tmp_path / "ab"
+        run = subprocess.run([sys.executable, "-m", "inferos.cli", "bench", "ab", "--quick",
+                              "--out", str(out), "--upstream", backend.url],
+                             capture_output=True, text=True, timeout=1400, check=False,
+                             cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    results = json.loads((out / "results.json").read_text())
+    assert backend.url in results["run"]["target"] and MODEL in results["run"]["target"]
+    grid = results["cells"]["grid/L128/B2"]["sides"]
+    (off,), (on,) = grid["off"], grid["balanced"]
+    assert off["errors"] == 0 and on["errors"] == 0 and off["tokens"] > 0
+    # the backend's process counts on both sides; serve's only on
+    assert set(off["memory"]["processes"]) == {"inferos engine"}
+    assert set(on["memory"]["processes"]) == {"inferos serve", "inferos engine"}
+    assert results["fallback"]["failed"] == 0
