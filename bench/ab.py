@@ -12,8 +12,8 @@ OFF over prompt length x batch x profile, with a report, plots and a regression 
 prefix reuse, no speculation, exact KV; bench/ab_sides.py) or, with ``--upstream``, the
 user's backend addressed directly; ON is ``inferos serve`` in front of it with each
 profile. Every side is started fresh for each repeat and gets the same prompts, in the
-same order, at temperature 0 (seeded sampling is not used, so every side's output is
-determined by the weights alone). The workloads are in bench/ab_workloads.py, the SLO
+same order, with the same seed, at temperature 0 (so every side's output is determined by
+the weights alone). The workloads are in bench/ab_workloads.py, the SLO
 criteria and the gate in bench/ab_verdict.py, the output in bench/ab_report.py; after the
 cells, a controller fault is injected into a fresh ``inferos serve`` of the default profile
 (bench/ab_fallback.py).

@@ -31,6 +31,10 @@ import httpx
 from bench.licence_prompts import Prompts, excerpt, speculation_tasks
 from bench.sse_client import BenchError, Side, Stream, generate, percentile
 
+# Sent with every request, so that every side samples alike where a request samples; at
+# temperature 0 (every request here) the output is the weights' alone.
+SEED = 1234
+
 __all__ = ["FULL", "QUICK", "Cell", "Plan", "RunFigures", "build_cells", "chat_turn", "measure"]
 
 
@@ -146,7 +150,7 @@ async def chat_turn(client: httpx.AsyncClient, side: Side, history: list[dict[st
     try:
         stream: Stream | BaseException = await generate(
             client, side, "chat/completions", {"messages": list(history),
-                                               "max_tokens": max_tokens})
+                                               "max_tokens": max_tokens, "seed": SEED})
     except (BenchError, httpx.HTTPError) as exc:
         stream = exc
     history.append({"role": "assistant",
@@ -170,7 +174,7 @@ def build_cells(plan: Plan, prompts: Prompts, decode: Callable[[list[int]], str]
     for length in plan.lengths:
         for batch in plan.batches:
             bodies = tuple({"prompt": decode(prompts.take(length)),
-                            "max_tokens": plan.max_tokens} for _ in range(batch))
+                            "max_tokens": plan.max_tokens, "seed": SEED} for _ in range(batch))
             cells.append(Cell("grid", f"grid/L{length}/B{batch}",
                               {"L": length, "batch": batch}, bodies))
     turns = tuple(f"Here is part {i + 1} of a licence:\n\n{excerpt(name, marker, 600)}\n\n"
@@ -181,11 +185,12 @@ def build_cells(plan: Plan, prompts: Prompts, decode: Callable[[list[int]], str]
     tasks = dict(speculation_tasks(quick=False))
     for task in plan.grounded:
         body = {"messages": [{"role": "user", "content": tasks[task]}],
-                "max_tokens": plan.grounded_tokens}
+                "max_tokens": plan.grounded_tokens, "seed": SEED}
         cells.append(Cell("grounded", f"grounded/{task}", {"task": task}, (body,),
                           route="chat/completions"))
     bodies = tuple({"prompt": decode(prompts.take(plan.mixed_prompt)),
-                    "max_tokens": plan.max_tokens} for _ in range(plan.mixed_streams))
+                    "max_tokens": plan.max_tokens, "seed": SEED}
+                   for _ in range(plan.mixed_streams))
     cells.append(Cell("mixed", "mixed", {"streams": plan.mixed_streams,
                                          "gap_s": plan.mixed_gap_s, "L": plan.mixed_prompt},
                       bodies, gap_s=plan.mixed_gap_s))
