@@ -33,7 +33,9 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -256,7 +258,8 @@ def run(plan: Plan, target: Target, out_dir: Path, say: Callable[[str], None]
                 "others_cores": None}}
     progress = Progress(plan.repeats * len(sides) * len(cells) + 1)
     began, busy, tree = time.monotonic(), _cpu_busy_s(), _tree_cpu_s()
-    logs = out_dir / "logs"
+    # The sides' own output: kept (and named) only when the run fails.
+    logs = Path(tempfile.mkdtemp(prefix="inferos-ab-logs-"))
     try:
         for repeat in range(plan.repeats):
             for name in sides:
@@ -268,8 +271,12 @@ def run(plan: Plan, target: Target, out_dir: Path, say: Callable[[str], None]
             fallback = asyncio.run(fallback_phase(running, plan.fallback_s))
         results["fallback"] = {"side": headline, **fallback.as_dict()}
         progress.step("fallback")
-    finally:
+    except BaseException:
         progress.close()
+        say(f"the run failed; the sides' logs are in {logs}")
+        raise
+    progress.close()
+    shutil.rmtree(logs, ignore_errors=True)
     wall = time.monotonic() - began
     others = ((_cpu_busy_s() - busy) - (_tree_cpu_s() - tree)) / wall
     results["run"].update(duration_s=round(wall, 1), others_cores=round(max(0.0, others), 2))
