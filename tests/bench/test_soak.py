@@ -39,4 +39,6 @@ def test_a_short_soak_prints_its_figures_and_no_unexpected_outcome() -> None:
         assert {"start_mib", "end_mib", "max_mib", "slope_mib_per_hour"} <= set(process)
         assert process["end_mib"] > 0
     assert summary["host_pool_mib"] == 8.0  # the live policy reached the engine
+    engine = summary["processes"]["engine"]
+    assert "unbudgeted_slope_mib_per_hour" in engine and engine["over_budget_samples"] == 0
     assert sum(summary["expected"].values()) == summary["requests"]
