@@ -1,7 +1,7 @@
 """Is this machine faster with Infer-OS or without it? The seed's acceptance run: ON against
 OFF over prompt length x batch x profile, with a report, plots and a regression gate.
 
-    inferos bench ab --out ab-report               # the full run, about 20 minutes
+    inferos bench ab --out ab-report               # the full run: 49 minutes on 2 cores
     inferos bench ab --out /tmp/ab --quick         # a smoke run (the test suite's)
     inferos bench ab --out ab --upstream http://127.0.0.1:13305 --model NAME   # your Lemonade
     inferos bench ab --out ab --baseline old/results.json   # exit 1 on a regression
