@@ -107,13 +107,17 @@ async def fallback_phase(running: Running, length_s: float) -> Fallback:
         until = start + length_s
         fault_at = start + length_s / 3
 
+        sent_at: list[float] = []
+
         async def inject() -> None:
             await asyncio.sleep(max(0.0, fault_at - time.monotonic()))
+            sent_at.append(time.monotonic())  # the signal's own time: the sleep may run late
             running.inject_fault()
 
         await asyncio.gather(_light(client, running, log, until),
                              _generations(client, running, log, until),
                              _health(client, running, log, fault_at, until), inject())
+    fault_at = sent_at[0]
     after = [(sent, observed) for sent, observed in log.sent if sent >= fault_at]
     first_pass = next((sent for sent, observed in after if not observed), None)
     recovered = next((sent for sent, observed in after
