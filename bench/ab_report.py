@@ -41,6 +41,11 @@ def headline_side(results: dict[str, Any]) -> str:
     return "balanced" if "balanced" in profiles else profiles[0]
 
 
+def side_runs(results: dict[str, Any], side: str) -> list[dict[str, Any]]:
+    """Every run of ``side``, over every cell."""
+    return [run for cell in results["cells"].values() for run in cell["sides"].get(side, [])]
+
+
 def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -94,15 +99,14 @@ def _memory_table(results: dict[str, Any]) -> Table:
         peak: int | None = 0
         processes: dict[str, int] = {}
         kv: dict[str, int] = {}
-        for cell in results["cells"].values():
-            for run in cell["sides"].get(side, []):
-                rss = (run.get("memory") or {}).get("rss_bytes")
-                peak = None if rss is None or peak is None else max(peak, rss)
-                for name, value in (run.get("memory") or {}).get("processes", {}).items():
-                    processes[name] = max(processes.get(name, 0), value)
-                for level, value in (run.get("kv_bytes") or {}).items():
-                    if value is not None:
-                        kv[level] = max(kv.get(level, 0), value)
+        for run in side_runs(results, side):
+            rss = (run.get("memory") or {}).get("rss_bytes")
+            peak = None if rss is None or peak is None else max(peak, rss)
+            for name, value in (run.get("memory") or {}).get("processes", {}).items():
+                processes[name] = max(processes.get(name, 0), value)
+            for level, value in (run.get("kv_bytes") or {}).items():
+                if value is not None:
+                    kv[level] = max(kv.get(level, 0), value)
         each = ", ".join(f"{n} {v / MIB:.0f}" for n, v in sorted(processes.items())) or "-"
         levels = ", ".join(f"{k} {v / MIB:.1f}" for k, v in kv.items()) or "-"
         rows.append((side, _num(None if peak is None else peak / MIB, 0), each, levels))
@@ -116,7 +120,7 @@ def _memory_table(results: dict[str, Any]) -> Table:
 def _reported_table(results: dict[str, Any]) -> Table:
     rows = []
     for side in results["sides"]:
-        runs = [run for cell in results["cells"].values() for run in cell["sides"].get(side, [])]
+        runs = side_runs(results, side)
         ppl = [r["reported"]["delta_ppl_est"] for r in runs
                if (r.get("reported") or {}).get("delta_ppl_est") is not None]
         accept = [r["reported"]["spec_accept"] for r in runs
@@ -251,7 +255,7 @@ def _plot_memory(results: dict[str, Any], path: Path) -> None:
     rss = []
     kv: dict[str, list[float]] = {}
     for side in sides:
-        runs = [r for c in results["cells"].values() for r in c["sides"].get(side, [])]
+        runs = side_runs(results, side)
         peaks = [(r.get("memory") or {}).get("rss_bytes") for r in runs]
         rss.append(max((p for p in peaks if p is not None), default=0) / MIB)
         for level in ("live", "L0", "L1", "L2", "L3"):
