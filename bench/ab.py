@@ -53,6 +53,7 @@ from bench.ab_sides import OFF, PROFILES, MemoryWatch, Running, Target, started_
 from bench.ab_verdict import gate, slo  # noqa: E402
 from bench.ab_workloads import FULL, QUICK, Cell, Plan, RunFigures, chat_turn, measure  # noqa: E402
 from bench.ab_workloads import build_cells as _build_cells  # noqa: E402
+from bench.inferos_serve import wait_idle  # noqa: E402
 from bench.licence_prompts import Prompts, licence_ids  # noqa: E402
 from bench.sse_client import BenchError, Side, generate  # noqa: E402
 
@@ -122,19 +123,11 @@ async def _get_json(client: httpx.AsyncClient, url: str) -> dict[str, Any] | Non
 
 
 async def _settle(client: httpx.AsyncClient, running: Running) -> dict[str, Any] | None:
-    """Waits until the engine holds no sequence; returns its last stats (None: none)."""
+    """Waits until the engine holds no sequence; returns its stats then (None: none)."""
     if running.stats_url is None:
         return None
-    deadline = time.monotonic() + 120
-    while True:
-        stats = await _get_json(client, running.stats_url)
-        scheduler = (stats or {}).get("scheduler") or {}
-        if stats is None or not (scheduler.get("decoding") or scheduler.get("prefilling")
-                                 or scheduler.get("queue_depth")):
-            return stats
-        if time.monotonic() > deadline:
-            raise BenchError(f"{running.name}: the engine is still busy after 120 s")
-        await asyncio.sleep(0.02)
+    await wait_idle(client, running.side)
+    return await _get_json(client, running.stats_url)
 
 
 def _reused(stats: dict[str, Any] | None) -> int | None:
