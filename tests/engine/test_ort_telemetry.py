@@ -4,8 +4,13 @@ token leaves nothing under ``~/.cache/Microsoft/DeveloperTools`` (onnxruntime 1.
 
 Each case runs in a fresh interpreter with ``HOME`` and ``XDG_CACHE_HOME`` pointed at a
 temporary folder, because onnxruntime writes its database when it is first imported, once per
-process, and under ``$XDG_CACHE_HOME`` rather than ``~/.cache`` when that is set (a CI runner
-that sets it wrote the control's database outside the temporary home)."""
+process, and under ``$XDG_CACHE_HOME`` rather than ``~/.cache`` when that is set.
+
+The interpreter gets only a few variables of this process's environment, never all of them:
+onnxruntime turns its telemetry off by itself when it sees a CI runner's variables (``CI``,
+``GITHUB_ACTIONS``, ``TF_BUILD``, ``JENKINS_URL`` among them, tried by hand), so under CI the
+control below wrote nothing and failed, and the checks after it would have passed whatever
+Infer-OS did. A user's desktop has none of them."""
 
 from __future__ import annotations
 
@@ -37,8 +42,12 @@ kv_perplexity.open_model(Path(sys.argv[1]), 1)
 """
 
 
+# What a fresh interpreter needs to start and find its packages; nothing that names a runner.
+KEPT_VARIABLES = ("PATH", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
+
+
 def _run(code: str, home: Path, folder: Path, env: dict[str, str] | None = None) -> None:
-    environment = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    environment = {k: os.environ[k] for k in KEPT_VARIABLES if k in os.environ}
     environment.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), **(env or {}))
     run = subprocess.run([sys.executable, "-c", code, str(folder)], env=environment,
                          capture_output=True, text=True, timeout=240)
