@@ -147,8 +147,14 @@ async def test_a_clients_own_load_wins_over_the_controllers(tmp_path: Path) -> N
         await _until(lambda: agent.controller.policy_status()["backend.ctx_size"]["status"]
                      == "not_applied" and not agent.controller.health()["controller"][
                          "actuating"])
+        # The reconfiguration said why it did nothing; the report then shows that reason, or,
+        # once the next decision round has run, the back-off after the client's change.
+        refused = [e for e in agent.controller.recent_events if e.get("event") == "not_applied"
+                   and "backend.ctx_size" in e.get("keys", {})]
+        assert refused and "Other-Model" in refused[0]["keys"]["backend.ctx_size"]["reason"]
         status = agent.controller.policy_status()["backend.ctx_size"]
-        assert "Other-Model" in status["reason"]
+        assert "Other-Model" in status["reason"] or "a client changed the backend" in \
+            status["reason"]
         await asyncio.sleep(0.6)  # further decision rounds back off
         assert lemonade.loads == [{"model_name": "Other-Model"}]  # never the stale name
         assert lemonade.model == "Other-Model" and lemonade.ctx_size == 4096
