@@ -7,15 +7,16 @@ directly with nothing else running, against the same engine through ``inferos se
 
 On two cores every wake-up of serve's threads takes a core from the engine's two threads,
 so a control plane that polls often slows decoding even when it does nothing (issue 12's
-A/B measured single-stream decode x0.82 through serve at 2,048 tokens). The engine is the
+A/B measured single-stream decode x0.82 with the safe profile at 2,048 tokens). The engine is the
 A/B's OFF side (``--no-prefix-cache --max-batch 1 --no-speculation``), so nothing but serve
 differs; serve is started for its rounds and stopped for the direct ones, which alternate
 (direct, serve, direct, serve...) so drift falls on both alike. Both sides get the same
 prompts in a round, each request its own (the engine reuses no prefix). Prints FTL p50 and
 decode tok/s p50 per side, their ratios, and serve's CPU (cores) idle and while streaming.
 
-Measured 2026-12-03 (4 rounds x 3 requests, ~450-token prompts, 128 tokens): serve/direct FTL
-x1.05, decode x0.95-0.97; serve's CPU 0.11 cores idle (its 1 ms fast loop).
+Measured 2026-12-03 on main (4 rounds x 3 requests, ~450-token prompts, 128 tokens, same
+prompts per side): serve/direct FTL x1.05, decode x0.97; serve's CPU 0.11 cores idle (its
+1 ms fast loop).
 """
 
 from __future__ import annotations
