@@ -1,8 +1,9 @@
 """Parsing and validating the bodies of ``chat/completions``, ``completions`` and ``load``.
 
 Contract: a parser takes the decoded JSON body and returns a frozen value, or raises
-``ApiError`` 400 naming the offending field. Fields this engine does not use (``id_slot``,
-``repeat_last_n``, ``chat_template_kwargs``, ``presence_penalty``, ``logprobs``…) are
+``ApiError`` 400 naming the offending field. Parameters a request leaves out take
+llama.cpp's server defaults (engine/sampling_defaults.py). Fields this engine does not use
+(``id_slot``, ``repeat_last_n``, ``chat_template_kwargs``, ``presence_penalty``…) are
 accepted and ignored, as Lemonade forwards them to backends that may not know them either.
 Booleans are not numbers here: ``"max_tokens": true`` is rejected, and neither are NaN or
 the infinities (Python's ``json`` reads them although JSON has no such values).
@@ -24,25 +25,34 @@ from typing import Any
 from aiohttp import web
 
 from inferos.engine.api_errors import ApiError, invalid_param, invalid_token_id
+from inferos.engine.sampling_defaults import DEFAULTS
 
 # OpenAI's documented range; llama.cpp accepts more but the SDKs validate to this.
 MAX_TEMPERATURE = 2.0
 # Lemonade's names (``user.Qwen2.5-0.5B-Instruct-GGUF``) are tens of characters; a longer
 # one is refused before it is looked up or echoed in an error message.
 MAX_MODEL_NAME = 256
+# OpenAI's bound for chat's top_logprobs (completions' logprobs: 5); llama.cpp's n_probs
+# has none, so the larger one serves both.
+MAX_TOP_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """What shapes one generation. ``max_tokens`` None means: until a stop or the context ends."""
+    """What shapes one generation. ``max_tokens`` None means: the default cap
+    (``DEFAULTS.max_tokens``), or the context's end if that comes first. ``logprobs``:
+    None for none, n for the chosen token's and the n most likely alternatives'."""
 
     max_tokens: int | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    repeat_penalty: float = 1.0
+    temperature: float = DEFAULTS.temperature
+    top_p: float = DEFAULTS.top_p
+    top_k: int = DEFAULTS.top_k
+    seed: int = DEFAULTS.seed
+    repeat_penalty: float = DEFAULTS.repeat_penalty
     stop: tuple[str, ...] = ()
+    min_p: float = DEFAULTS.min_p
+    logprobs: int | None = None
+    cache_prompt: bool = True
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class GenerationRequest:
     sampling: Sampling
     messages: tuple[dict[str, Any], ...] = ()
     prompt: str | tuple[int, ...] | None = None
+    echo: bool = False  # completions: the prompt's text comes back before the completion
 
     @property
     def is_chat(self) -> bool:
@@ -158,10 +169,10 @@ def _integer(body: dict[str, Any], name: str, *, minimum: int) -> int | None:
     return value
 
 
-def _boolean(body: dict[str, Any], name: str) -> bool:
-    value = body.get(name, False)
+def _boolean(body: dict[str, Any], name: str, *, default: bool = False) -> bool:
+    value = body.get(name, default)
     if value is None:
-        return False
+        return default
     if not isinstance(value, bool):
         raise invalid_param(name, f"'{name}' must be true or false, got {value!r}")
     return value
@@ -178,7 +189,27 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     return tuple(s for s in value if s)
 
 
-def _sampling(body: dict[str, Any]) -> Sampling:
+def _top_count(body: dict[str, Any], name: str) -> int:
+    value = _integer(body, name, minimum=0) or 0
+    if value > MAX_TOP_LOGPROBS:
+        raise invalid_param(name, f"'{name}' must be at most {MAX_TOP_LOGPROBS}, got {value}")
+    return value
+
+
+def _logprobs(body: dict[str, Any], chat: bool) -> int | None:
+    """Chat: ``logprobs`` true, with ``top_logprobs`` alternatives; completions (OpenAI's
+    legacy shape): ``logprobs`` is the number of alternatives."""
+    if chat:
+        wanted = _boolean(body, "logprobs")
+        if body.get("top_logprobs") is not None and not wanted:
+            raise invalid_param("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+        return _top_count(body, "top_logprobs") if wanted else None
+    if body.get("logprobs") is None:
+        return None
+    return _top_count(body, "logprobs")
+
+
+def _sampling(body: dict[str, Any], chat: bool) -> Sampling:
     # max_completion_tokens is the newer OpenAI name; it wins when both are sent.
     max_tokens = _integer(body, "max_completion_tokens", minimum=1)
     if max_tokens is None:
@@ -186,18 +217,23 @@ def _sampling(body: dict[str, Any]) -> Sampling:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise invalid_param("seed", f"'seed' must be an integer, got {type(seed).__name__}")
+    top_k = _integer(body, "top_k", minimum=0)
     return Sampling(
         max_tokens=max_tokens,
-        temperature=_number(body, "temperature", 0.0, 0.0, MAX_TEMPERATURE),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
-        top_k=_integer(body, "top_k", minimum=0) or 0,
-        seed=seed,
-        repeat_penalty=_number(body, "repeat_penalty", 1.0, 0.0, 10.0, low_open=True),
+        temperature=_number(body, "temperature", DEFAULTS.temperature, 0.0, MAX_TEMPERATURE),
+        top_p=_number(body, "top_p", DEFAULTS.top_p, 0.0, 1.0, low_open=True),
+        top_k=DEFAULTS.top_k if top_k is None else top_k,
+        seed=DEFAULTS.seed if seed is None else seed,
+        repeat_penalty=_number(body, "repeat_penalty", DEFAULTS.repeat_penalty, 0.0, 10.0,
+                               low_open=True),
         stop=_stop(body),
+        min_p=_number(body, "min_p", DEFAULTS.min_p, 0.0, 1.0),
+        logprobs=_logprobs(body, chat),
+        cache_prompt=_boolean(body, "cache_prompt", default=True),
     )
 
 
-def _common(body: Any) -> tuple[str | None, bool, bool, Sampling]:
+def _common(body: Any, chat: bool) -> tuple[str | None, bool, bool, Sampling]:
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
     model = body.get("model")
@@ -213,7 +249,7 @@ def _common(body: Any) -> tuple[str | None, bool, bool, Sampling]:
     if options is not None and not isinstance(options, dict):
         raise invalid_param("stream_options", "'stream_options' must be an object")
     include_usage = stream and bool((options or {}).get("include_usage", False))
-    return model or None, stream, include_usage, _sampling(body)
+    return model or None, stream, include_usage, _sampling(body, chat)
 
 
 def _message(index: int, message: Any) -> dict[str, Any]:
@@ -239,7 +275,7 @@ def _message(index: int, message: Any) -> dict[str, Any]:
 
 
 def parse_chat(body: Any) -> GenerationRequest:
-    model, stream, include_usage, sampling = _common(body)
+    model, stream, include_usage, sampling = _common(body, chat=True)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid_param("messages", "'messages' must be a non-empty list")
@@ -249,7 +285,7 @@ def parse_chat(body: Any) -> GenerationRequest:
 
 
 def parse_completion(body: Any) -> GenerationRequest:
-    model, stream, include_usage, sampling = _common(body)
+    model, stream, include_usage, sampling = _common(body, chat=False)
     prompt = body.get("prompt")
     parsed: str | tuple[int, ...]
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -262,8 +298,15 @@ def parse_completion(body: Any) -> GenerationRequest:
     else:
         raise invalid_param("prompt", "'prompt' must be a string, a list of one string, "
                                       "or a list of token ids")
+    echo = _boolean(body, "echo")
+    if echo and sampling.logprobs is not None:
+        # OpenAI's echo with logprobs scores the prompt's own tokens (lm-eval's
+        # loglikelihood does this); the engine computes logits for generated tokens only,
+        # and a wrong or missing score would be worse than a clear no.
+        raise invalid_param("echo", "'echo' with 'logprobs' (log-probabilities of the "
+                                    "prompt's tokens) is not supported by this engine")
     return GenerationRequest(model=model, stream=stream, include_usage=include_usage,
-                             sampling=sampling, prompt=parsed)
+                             sampling=sampling, prompt=parsed, echo=echo)
 
 
 def known_token_ids(prompt: tuple[int, ...], vocab: int) -> list[int]:

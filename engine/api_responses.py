@@ -35,7 +35,8 @@ class ResponseShape:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                 "system_fingerprint": None, "choices": choices}
 
-    def full(self, text: str, outcome: Outcome) -> dict[str, Any]:
+    def full(self, text: str, outcome: Outcome,
+             logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
         if self.chat:
             choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant",
                                                               "content": text}}
@@ -43,31 +44,33 @@ class ResponseShape:
         else:
             choice = {"index": 0, "text": text}
             obj = "text_completion"
-        choice.update(logprobs=None, finish_reason=outcome.finish_reason)
+        choice.update(logprobs=logprobs, finish_reason=outcome.finish_reason)
         body = self._envelope(obj, [choice])
         body["usage"] = outcome.usage()
         body["timings"] = outcome.timings.as_dict()
         return body
 
-    def _chunk(self, delta: dict[str, Any] | str, finish_reason: str | None) -> dict[str, Any]:
+    def _chunk(self, delta: dict[str, Any] | str, finish_reason: str | None,
+               logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
         if self.chat:
             choice: dict[str, Any] = {"index": 0, "delta": delta}
             obj = "chat.completion.chunk"
         else:
             choice = {"index": 0, "text": delta}
             obj = "text_completion"
-        choice.update(logprobs=None, finish_reason=finish_reason)
+        choice.update(logprobs=logprobs, finish_reason=finish_reason)
         return self._envelope(obj, [choice])
 
     def first_chunk(self) -> dict[str, Any] | None:
         """Chat streams open with the assistant's role and empty content; completions don't."""
         return self._chunk({"role": "assistant", "content": ""}, None) if self.chat else None
 
-    def text_chunk(self, text: str) -> dict[str, Any]:
-        return self._chunk({"content": text} if self.chat else text, None)
+    def text_chunk(self, text: str, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._chunk({"content": text} if self.chat else text, None, logprobs)
 
-    def final_chunk(self, outcome: Outcome) -> dict[str, Any]:
-        chunk = self._chunk({} if self.chat else "", outcome.finish_reason)
+    def final_chunk(self, outcome: Outcome,
+                    logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+        chunk = self._chunk({} if self.chat else "", outcome.finish_reason, logprobs)
         chunk["timings"] = outcome.timings.as_dict()
         return chunk
 

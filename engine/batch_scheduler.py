@@ -210,13 +210,14 @@ class BatchScheduler:
         prompt = sequence.prompt
         model.check(prompt, sequence.evictor is not None)  # the policy may have changed
         # At least the last prompt token runs again: its logits give the first token.
-        limit = len(prompt) - 1
+        reusing = model.options.prefix_cache and sequence.params.cache_prompt
+        limit = len(prompt) - 1 if reusing else 0
         buffer = model.pool.take(prompt, limit)
         sequence.buffer = buffer
         sequence.admitted_at = time.perf_counter()
         self._waits.append(sequence.queued_s)
         self.admitted += 1
-        reuse = min(buffer.common_prefix(prompt), limit) if model.options.prefix_cache else 0
+        reuse = min(buffer.common_prefix(prompt), limit) if reusing else 0
         buffer.keep_prefix(reuse)  # the rest of what it held is overwritten
         sequence.reuse = sequence.position = reuse
         params = sequence.params

@@ -22,7 +22,9 @@ from inferos.engine.api_errors import ApiError, context_exceeded
 from inferos.engine.api_requests import Sampling
 from inferos.engine.model_slot import LoadedState, ModelSlot
 from inferos.engine.runtime import SamplingParams
+from inferos.engine.sampling_defaults import DEFAULTS
 from inferos.engine.stop_sequences import StopMatcher
+from inferos.engine.token_logprobs import LogprobTrail
 from inferos.errors import ModelError
 
 
@@ -76,23 +78,26 @@ def sampling_params(sampling: Sampling, prompt_tokens: int, ctx_size: int,
                     allow_evict: bool = False) -> SamplingParams:
     """The core's parameters; ``max_tokens`` never runs past the end of the context, unless
     the model evicts tokens to make room (the live ``kv.allow_evict``): then a prompt may be longer
-    than the context, and an unbounded request stops after one context's worth."""
+    than the context. A request that names no ``max_tokens`` gets the default cap."""
     room = ctx_size - prompt_tokens
+    wanted = sampling.max_tokens if sampling.max_tokens is not None else DEFAULTS.max_tokens
     if allow_evict:
-        wanted = sampling.max_tokens if sampling.max_tokens is not None else ctx_size
         room = wanted
     elif room <= 0:
         raise context_exceeded(prompt_tokens, ctx_size)
-    wanted = sampling.max_tokens if sampling.max_tokens is not None else room
     return SamplingParams(max_tokens=min(wanted, room), temperature=sampling.temperature,
                           top_p=sampling.top_p, top_k=sampling.top_k, seed=sampling.seed,
-                          repeat_penalty=sampling.repeat_penalty)
+                          repeat_penalty=sampling.repeat_penalty, min_p=sampling.min_p,
+                          logprobs=sampling.logprobs, cache_prompt=sampling.cache_prompt)
 
 
 async def run_completion(slot: ModelSlot, state: LoadedState, prompt_ids: list[int],
-                         sampling: Sampling) -> AsyncGenerator[str | Outcome, None]:
+                         sampling: Sampling, trail: LogprobTrail | None = None
+                         ) -> AsyncGenerator[str | Outcome, None]:
     """Yields text pieces, then one ``Outcome``. The caller has been admitted
-    (``slot.admit``)."""
+    (``slot.admit``). With ``sampling.logprobs`` and a ``trail``, each generated token's
+    log-probabilities are added to it before the text they belong to is yielded (an
+    end-of-turn token, which has no text, is not)."""
     params = sampling_params(sampling, len(prompt_ids), state.ctx_size,
                              state.model.allow_evict)
     matcher = StopMatcher(sampling.stop)
@@ -113,6 +118,9 @@ async def run_completion(slot: ModelSlot, state: LoadedState, prompt_ids: list[i
                     cached = timed.event.cached_tokens
                     queued_s = timed.event.queued_s
                 drafted, accepted = timed.event.drafted, timed.event.accepted
+                if trail is not None and timed.event.logprob is not None \
+                        and timed.event.finish_reason != "stop":
+                    trail.add(timed.event.token_id, timed.event.logprob)
                 text = matcher.push(timed.event.text)
                 if text:
                     yield text

@@ -39,6 +39,7 @@ from inferos.engine.model_slot import LoadedState, QueueFull
 from inferos.engine.placement import place
 from inferos.engine.policy_routes import policy_stats
 from inferos.engine.runtime_stats import memory_report
+from inferos.engine.token_logprobs import LogprobTrail, chat_logprobs, completion_logprobs
 from inferos.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -126,19 +127,51 @@ async def _generate(request: web.Request,
         return await _respond(request, engine, state, prompt_ids, generation)
 
 
+class _Logprobs:
+    """A request's logprobs in its API's shape, piece by piece as its text goes out."""
+
+    def __init__(self, state: LoadedState, generation: GenerationRequest) -> None:
+        self.trail = LogprobTrail() if generation.sampling.logprobs is not None else None
+        self._names = state.model.tokenizer
+        self._chat = generation.is_chat
+
+    def take(self, text_offset: int, *, none_if_empty: bool = False) -> dict[str, Any] | None:
+        if self.trail is None:
+            return None
+        items = self.trail.take()
+        if none_if_empty and not items:
+            return None
+        if self._chat:
+            return chat_logprobs(self._names, items)
+        return completion_logprobs(self._names, items, text_offset)
+
+
+def _echoed(state: LoadedState, generation: GenerationRequest, prompt_ids: list[int]) -> str:
+    """The prompt's text, for a completion that asks for ``echo``."""
+    if not generation.echo:
+        return ""
+    if isinstance(generation.prompt, str):
+        return generation.prompt
+    return state.model.decode(prompt_ids)
+
+
 async def _respond(request: web.Request, engine: EngineState, state: LoadedState,
                    prompt_ids: list[int], generation: GenerationRequest) -> web.StreamResponse:
     shape = ResponseShape(chat=generation.is_chat, model=state.name)
     engine.stats.started()
     started = time.perf_counter()
     response: web.StreamResponse
+    logprobs = _Logprobs(state, generation)
+    echo = _echoed(state, generation, prompt_ids)
     try:
         if generation.stream:
             response, outcome = await _stream(request, engine, state, prompt_ids,
-                                              generation, shape)
+                                              generation, shape, logprobs, echo)
         else:
-            outcome, text = await _collect(engine, state, prompt_ids, generation)
-            response = web.json_response(shape.full(text, outcome))
+            outcome, text = await _collect(engine, state, prompt_ids, generation,
+                                           logprobs.trail)
+            response = web.json_response(shape.full(echo + text, outcome,
+                                                    logprobs.take(len(echo))))
     except (asyncio.CancelledError, ConnectionResetError):
         engine.stats.cancelled += 1
         log.info("%s cancelled: client went away", request.path)
@@ -158,11 +191,12 @@ async def _respond(request: web.Request, engine: EngineState, state: LoadedState
 
 
 async def _collect(engine: EngineState, state: LoadedState, prompt_ids: list[int],
-                   generation: GenerationRequest) -> tuple[Outcome, str]:
+                   generation: GenerationRequest, trail: LogprobTrail | None = None
+                   ) -> tuple[Outcome, str]:
     pieces: list[str] = []
     outcome: Outcome | None = None
     async with contextlib.aclosing(run_completion(engine.slot, state, prompt_ids,
-                                                  generation.sampling)) as items:
+                                                  generation.sampling, trail)) as items:
         async for item in items:
             if isinstance(item, str):
                 pieces.append(item)
@@ -174,7 +208,8 @@ async def _collect(engine: EngineState, state: LoadedState, prompt_ids: list[int
 
 async def _stream(request: web.Request, engine: EngineState, state: LoadedState,
                   prompt_ids: list[int], generation: GenerationRequest,
-                  shape: ResponseShape) -> tuple[web.StreamResponse, Outcome | None]:
+                  shape: ResponseShape, logprobs: _Logprobs, echo: str = ""
+                  ) -> tuple[web.StreamResponse, Outcome | None]:
     """Streams the generation as SSE; returns the response and the generation's outcome,
     None when it failed in-band."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
@@ -184,13 +219,18 @@ async def _stream(request: web.Request, engine: EngineState, state: LoadedState,
     first = shape.first_chunk()
     if first is not None:
         await response.write(sse(first))
+    if echo:
+        await response.write(sse(shape.text_chunk(echo)))
+    sent = len(echo)
     outcome: Outcome | None = None
     try:
         async with contextlib.aclosing(run_completion(engine.slot, state, prompt_ids,
-                                                      generation.sampling)) as items:
+                                                      generation.sampling,
+                                                      logprobs.trail)) as items:
             async for item in items:
                 if isinstance(item, str):
-                    await response.write(sse(shape.text_chunk(item)))
+                    await response.write(sse(shape.text_chunk(item, logprobs.take(sent))))
+                    sent += len(item)
                 else:
                     outcome = item
     except ApiError as exc:
@@ -200,7 +240,7 @@ async def _stream(request: web.Request, engine: EngineState, state: LoadedState,
         await response.write_eof()
         return response, None
     assert outcome is not None
-    await response.write(sse(shape.final_chunk(outcome)))
+    await response.write(sse(shape.final_chunk(outcome, logprobs.take(sent, none_if_empty=True))))
     if generation.include_usage:
         await response.write(sse(shape.usage_chunk(outcome)))
     await response.write(SSE_DONE)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SamplingParams", "TokenEvent"]
+__all__ = ["SamplingParams", "TokenEvent", "TokenLogprob"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,22 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     repeat_penalty: float = 1.0
+    min_p: float = 0.0
+    # None: no log-probabilities; n >= 0: the chosen token's, and the n most likely ones'
+    logprobs: int | None = None
+    # llama.cpp's cache_prompt: False computes the whole prompt afresh. A prefix restored
+    # from parked KV (float16, or lower under the kvstore's policy) gives logits a little
+    # off a cold run's, so a sampled continuation can part from it after some tokens.
+    cache_prompt: bool = True
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model, and the ``top`` alternatives
+    (token id, log-probability), most likely first."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -35,3 +51,4 @@ class TokenEvent:
     queued_s: float = 0.0
     drafted: int = 0
     accepted: int = 0
+    logprob: TokenLogprob | None = None

@@ -29,8 +29,8 @@ import numpy as np
 from inferos.engine.context_eviction import ContextEvictor
 from inferos.engine.detokenize import Detokenizer
 from inferos.engine.kv_buffers import KvBuffer
-from inferos.engine.sampling import next_token
-from inferos.engine.sampling_params import SamplingParams, TokenEvent
+from inferos.engine.sampling import next_token, token_logprobs
+from inferos.engine.sampling_params import SamplingParams, TokenEvent, TokenLogprob
 
 __all__ = ["SPEC_PROBATION", "Sequence"]
 
@@ -67,6 +67,7 @@ class Sequence:
     accepted: int = 0
     verifications: int = 0
     _held: list[TokenEvent] | None = None
+    _logprob: TokenLogprob | None = None  # the last sampled token's, when asked for
 
     @property
     def prefilled(self) -> bool:
@@ -84,8 +85,13 @@ class Sequence:
     def sample(self, logits: np.ndarray) -> int:
         assert self.rng is not None
         p = self.params
-        return next_token(logits, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-                          repeat_penalty=p.repeat_penalty, history=self.history, rng=self.rng)
+        token = next_token(logits, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
+                           repeat_penalty=p.repeat_penalty, history=self.history,
+                           rng=self.rng, min_p=p.min_p)
+        if p.logprobs is not None:
+            # accept(), which always follows, puts it on the token's event
+            self._logprob = TokenLogprob(*token_logprobs(logits, token, p.logprobs))
+        return token
 
     def accept(self, token: int) -> bool:
         """Emits ``token``; True when the sequence has ended with it (a stop token, or
@@ -98,14 +104,17 @@ class Sequence:
             self.first_at = time.perf_counter()
         cached = self.reuse if first else 0
         queued = self.queued_s if first else 0.0
+        logprob, self._logprob = self._logprob, None
         if token in self.stop_ids:
-            self._emit(TokenEvent(token, self.detok.flush(), "stop", cached, queued))
+            self._emit(TokenEvent(token, self.detok.flush(), "stop", cached, queued,
+                                  logprob=logprob))
             return True
         text = self.detok.push(token)
         if self.produced >= self.limit:
-            self._emit(TokenEvent(token, text + self.detok.flush(), "length", cached, queued))
+            self._emit(TokenEvent(token, text + self.detok.flush(), "length", cached, queued,
+                                  logprob=logprob))
             return True
-        self._emit(TokenEvent(token, text, None, cached, queued))
+        self._emit(TokenEvent(token, text, None, cached, queued, logprob=logprob))
         self.pending = token
         return False
 
@@ -119,7 +128,8 @@ class Sequence:
 
     def _send(self, event: TokenEvent) -> None:
         self.sink(TokenEvent(event.token_id, event.text, event.finish_reason,
-                             event.cached_tokens, event.queued_s, self.drafted, self.accepted))
+                             event.cached_tokens, event.queued_s, self.drafted, self.accepted,
+                             event.logprob))
 
     def hold(self) -> None:
         """Keep events until ``release_held``: a verification emits its tokens once its
