@@ -66,6 +66,7 @@ def _loaded_entry(engine: EngineState, state: LoadedState) -> dict[str, Any]:
         "recipe_options": _recipe_options(state), "device": _device(state.model.provider),
         "type": "llm", "backend_url": engine.base_url, "pid": os.getpid(),
         "is_busy": engine.slot.busy, "max_context": state.model.max_context,
+        "max_context_window": state.model.max_context,
         "loaded_at": state.loaded_at, "load_number": state.load_number,
     }
 
@@ -385,22 +386,68 @@ async def system_info(request: web.Request) -> web.Response:
 
     providers = ort.get_available_providers()
     cpu_name = platform.processor() or platform.machine()
+    # Lemonade's device keys: current (amd_gpu, nvidia_gpu lists, amd_npu) and older
+    # (amd_igpu, amd_dgpu, npu). This engine detects no GPU or NPU itself: each is
+    # reported as not available, with the execution provider it would need.
+    absent = {"available": False, "reason": "not used by this engine on this machine"}
     return web.json_response({
         "OS Version": platform.platform(),
         "Processor": cpu_name,
         "Physical Memory": f"{psutil.virtual_memory().total / 2**30:.1f} GB",
         "Python": platform.python_version(),
+        "Python Packages": _python_packages(),
         "onnxruntime": ort.__version__,
         "execution_providers": providers,
+        "model_storage": _model_storage(),
         "devices": {
             "cpu": {"name": cpu_name, "cores": psutil.cpu_count(logical=False),
-                    "threads": psutil.cpu_count(logical=True), "available": True},
-            "amd_igpu": {"available": "DmlExecutionProvider" in providers},
-            "nvidia_dgpu": {"available": "CUDAExecutionProvider" in providers},
-            "npu": {"available": False},  # no NPU execution provider is used by this engine
+                    "threads": psutil.cpu_count(logical=True), "available": True,
+                    "family": platform.machine()},
+            "amd_gpu": [], "nvidia_gpu": [],
+            "amd_npu": dict(absent),
+            "amd_igpu": {**absent, "available": "DmlExecutionProvider" in providers},
+            "amd_dgpu": {**absent, "available": "DmlExecutionProvider" in providers},
+            "nvidia_dgpu": {**absent, "available": "CUDAExecutionProvider" in providers},
+            "npu": dict(absent),
         },
-        "recipes": {RECIPE: {"backends": {"cpu": {"available": True}}}},
+        "recipes": {RECIPE: {"default_backend": "cpu", "backends": {"cpu": {
+            "devices": ["cpu"], "state": "installed", "message": "", "action": "",
+            "available": True, "version": ort.__version__}}}},
     })
+
+
+def _python_packages() -> list[str]:
+    """What the engine runs on, as Lemonade's Python server listed it ("name==version")."""
+    import importlib.metadata
+
+    found = []
+    for name in ("inferos", "onnxruntime", "numpy", "tokenizers", "jinja2", "aiohttp",
+                 "onnxruntime-genai"):
+        try:
+            found.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _model_storage() -> dict[str, Any]:
+    """The models cache's drive, in bytes (Lemonade's ``model_storage``); null figures
+    where the drive cannot be read."""
+    import shutil
+
+    from inferos.engine.prepare import models_dir
+
+    path = models_dir()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # not created yet: the drive it will be on
+    try:
+        usage = shutil.disk_usage(probe)
+    except OSError:
+        return {"path": str(path), "used_bytes": None, "total_bytes": None,
+                "free_bytes": None}
+    return {"path": str(path), "used_bytes": usage.used, "total_bytes": usage.total,
+            "free_bytes": usage.free}
 
 
 async def live(request: web.Request) -> web.Response:

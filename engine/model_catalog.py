@@ -9,6 +9,7 @@ Ids match case-insensitively, as users type ``SmolLM2-135M-Instruct`` for
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +38,24 @@ class CatalogEntry:
         total = sum(f.stat().st_size for f in self.folder.rglob("*") if f.is_file())
         return round(total / 1e9, 3)
 
+    def max_context_window(self) -> int | None:
+        """The model's own context length (its ``genai_config.json``); None when it is not
+        prepared or does not say. GAIA reads it so as not to ask a load for more."""
+        if self.folder is None:
+            return None
+        try:
+            genai = json.loads((self.folder / "genai_config.json").read_text())
+            return int(genai["model"]["context_length"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def as_model(self) -> dict[str, Any]:
         return {
             "id": self.id, "created": self.created, "object": "model", "owned_by": OWNER,
             "checkpoint": str(self.folder) if self.folder else self.source,
             "recipe": RECIPE, "size": self.size_gb(), "downloaded": self.prepared,
             "suggested": True, "labels": ["llm"],
+            "max_context_window": self.max_context_window(),
         }
 
 

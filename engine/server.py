@@ -19,6 +19,7 @@ from types import TracebackType
 from aiohttp import web
 
 from inferos.engine.api_errors import ApiError, from_http_exception, unauthorized
+from inferos.engine.cors import CorsPolicy
 from inferos.engine.engine_policy import EnginePolicy
 from inferos.engine.engine_state import ENGINE, EngineState
 from inferos.engine.lemonade_routes import add_routes
@@ -53,6 +54,7 @@ class EngineSettings:
     load_at_start: bool = True
     policy: EnginePolicy | None = None
     control_token: str | None = None
+    allowed_origins: tuple[str, ...] = ()  # beside loopback ones (engine/cors.py)
 
     def start_policy(self) -> EnginePolicy:
         if self.policy is not None:
@@ -68,6 +70,25 @@ async def _errors_and_auth(request: web.Request,
                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                            ) -> web.StreamResponse:
     engine = request.app[ENGINE]
+    cors = request.app[CORS]
+    origin = request.headers.get("Origin")
+    if origin is not None and not cors.allows(origin):
+        return ApiError(403, f"Origin {origin[:80]!r} may not call this engine (a web "
+                             "page's request); allow it with --allowed-origins if it is "
+                             "yours.", kind="permission_error",
+                        code="forbidden_origin").response()
+    if origin is not None and request.method == "OPTIONS" \
+            and "Access-Control-Request-Method" in request.headers:
+        return cors.preflight(origin)  # browsers send no API key on a preflight
+    response = await _answer(request, handler, engine)
+    if origin is not None and not response.prepared:
+        response.headers.update(cors.headers(origin))
+    return response
+
+
+async def _answer(request: web.Request,
+                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                  engine: EngineState) -> web.StreamResponse:
     try:
         if engine.api_key and not request.path.endswith("/live"):
             sent = request.headers.get("Authorization", "")
@@ -103,9 +124,14 @@ def _lifecycle(load_at_start: bool) -> Callable[[web.Application], AsyncIterator
     return lifecycle
 
 
-def build_engine_app(engine: EngineState, *, load_at_start: bool = True) -> web.Application:
+CORS = web.AppKey("cors", CorsPolicy)
+
+
+def build_engine_app(engine: EngineState, *, load_at_start: bool = True,
+                     cors: CorsPolicy | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors_and_auth])
     app[ENGINE] = engine
+    app[CORS] = cors or CorsPolicy()
     app.cleanup_ctx.append(_lifecycle(load_at_start))
     add_routes(app)
     add_policy_routes(app)
@@ -130,7 +156,8 @@ class EngineServer:
                                  defaults=settings.options, default_model=settings.model,
                                  api_key=settings.api_key,
                                  control_token=settings.control_token)
-        self.app = build_engine_app(self.state, load_at_start=settings.load_at_start)
+        self.app = build_engine_app(self.state, load_at_start=settings.load_at_start,
+                                    cors=CorsPolicy.of(settings.allowed_origins))
         self._runner: web.AppRunner | None = None
         self.port = settings.port
 

@@ -74,6 +74,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    default=os.environ.get("INFEROS_ENGINE_CONTROL_TOKEN") or None,
                    help="require 'X-Inferos-Control-Token: TOKEN' on /inferos/v1/policy "
                         "(env INFEROS_ENGINE_CONTROL_TOKEN)")
+    p.add_argument("--allowed-origins",
+                   default=os.environ.get("INFEROS_ALLOWED_ORIGINS") or "",
+                   help="browser origins allowed beside loopback ones, comma-separated, "
+                        "'*' for any (env INFEROS_ALLOWED_ORIGINS; Lemonade's "
+                        "LEMONADE_ALLOWED_ORIGINS)")
     p.add_argument("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_engine)
 
@@ -98,6 +103,7 @@ async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
 
 async def _engine(args: argparse.Namespace) -> int:
     from inferos.engine.api_errors import ApiError
+    from inferos.engine.cors import parse_origins
     from inferos.engine.engine_policy import DEFAULT_MAX_DELTA_PPL, EnginePolicy, parse_thresholds
     from inferos.engine.load_options import normalize_provider
     from inferos.engine.prepared_models import DEFAULT_MODEL, catalog_for, load_model
@@ -154,7 +160,8 @@ async def _engine(args: argparse.Namespace) -> int:
     catalog, model_id = catalog_for(model)
     settings = EngineSettings(model=model_id, host=args.host, port=args.port, options=options,
                               api_key=args.api_key, policy=policy,
-                              control_token=args.control_token)
+                              control_token=args.control_token,
+                              allowed_origins=parse_origins(args.allowed_origins))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
