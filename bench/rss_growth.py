@@ -28,7 +28,8 @@ candidates: ``no_arena`` SessionOptions.enable_cpu_mem_arena False; ``no_mem_pat
 enable_mem_pattern False; ``same_as_requested`` the CPU arena's ``arena_extend_strategy``
 kSameAsRequested (an OrtArenaCfg on the environment's shared allocator); ``arena_max2``
 env MALLOC_ARENA_MAX=2; ``mmap_threshold`` mallopt(M_MMAP_THRESHOLD, 1 MiB) (glibc's
-dynamic threshold off).
+dynamic threshold off); ``trim_mmap`` and ``trim_thp_off`` (no transparent huge pages:
+prctl PR_SET_THP_DISABLE) are ``base`` with those.
 
 Speed (``--speed``): prefill and decode tokens/s, medians of ``--speed-runs`` generations
 of 128 tokens (temperature 0.7, seed 1, speculation off) on 500-token prompts no prefix
@@ -52,7 +53,8 @@ RSS where no trim gave them back):
   under untrimmed (812 against 842 at request 50); trim_mmap follows base within 0.5 MiB
   to request 61, so a fixed mmap threshold adds nothing to the trim.
   What base still gains comes in steps of ~4 MiB at the same requests as untrimmed's (83,
-  101: new shapes) and is neither malloc's bytes in use nor its free ones.
+  101: new shapes) and is neither malloc's bytes in use nor its free ones; trim_thp_off
+  follows base within 0.3 MiB to request 90 (the 83 step included): not huge pages.
 
 The last line is ``summary: {json}``.
 """
@@ -83,7 +85,8 @@ from bench.licence_prompts import LICENCES, TEXTS  # noqa: E402
 MIB = 2**20
 MODEL = Path.home() / ".cache/inferos/models/smollm2-135m-instruct-fp32"
 VARIANTS = ("base", "untrimmed", "no_arena", "no_mem_pattern", "same_as_requested",
-            "arena_max2", "mmap_threshold", "trim_mmap")
+            "arena_max2", "mmap_threshold", "trim_mmap", "trim_thp_off")
+PR_SET_THP_DISABLE = 41  # prctl(2)
 M_MMAP_THRESHOLD = -3  # mallopt(3)
 BUDGET_REACHED = 0.9
 
@@ -123,7 +126,10 @@ def apply_variant(variant: str) -> None:
         # a fixed threshold turns glibc's dynamic one off: blocks of 1 MiB and more are
         # always mmapped, and unmapped when freed
         _LIBC.mallopt(M_MMAP_THRESHOLD, 1 * MIB)
-    if variant in ("base", "trim_mmap"):
+    if variant == "trim_thp_off":
+        # no transparent huge pages for this process (numpy madvises its large arrays)
+        _LIBC.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)
+    if variant in ("base", "trim_mmap", "trim_thp_off"):
         return
     from inferos.engine import batch_scheduler
 
