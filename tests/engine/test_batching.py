@@ -8,6 +8,7 @@ budget take effect at the next step. No timing is asserted.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -127,6 +128,30 @@ def test_join_leave_cancel_stress_leaks_no_row(model: LoadedModel) -> None:
     assert model.scheduler.active() == 0 and model.scheduler.queue_depth() == 0
     finished = [r for r in runs if r.events and r.events[-1].finish_reason]
     assert finished and len(finished) < len(runs)  # some ended, some were cancelled
+
+
+def test_a_step_that_ends_generations_gives_the_free_heap_back_once(model: LoadedModel
+                                                                    ) -> None:
+    # issue 11: without it, malloc kept the blocks each run freed and RSS grew after
+    # the budget was reached (engine/memory_budget.py, release_free_heap)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("malloc_trim is glibc's")
+    _plain(model)
+    prompts = _prompts(model)
+    runs = [_Run(model, p, SamplingParams(max_tokens=n)) for p, n in
+            zip(prompts[:3], (2, 6, 6), strict=True)]
+    steps = ending_steps = 0
+    while not all(r.ended for r in runs):
+        ended, trims = sum(bool(r.ended) for r in runs), model.scheduler.heap_trims
+        model.scheduler.step()
+        steps += 1
+        ends = sum(bool(r.ended) for r in runs) - ended
+        ending_steps += ends > 0
+        # one trim per step that ended a generation (two ending together: still one),
+        # none in a step that ended none: never one per token
+        assert model.scheduler.heap_trims - trims == (1 if ends else 0), (steps, ends)
+    assert 1 <= ending_steps < steps
+    assert model.scheduler.stats(8, 0)["heap_trims"] == model.scheduler.heap_trims
 
 
 def test_beyond_max_batch_sequences_wait_in_order(model: LoadedModel) -> None:

@@ -3,7 +3,10 @@ engine measures of itself (RSS, resident pages of an np.zeros buffer as it is wr
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import mmap
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from inferos.engine.memory_budget import (
     default_host_pool_bytes,
     parse_meminfo,
     process_rss_bytes,
+    release_free_heap,
     resident_bytes,
 )
 
@@ -84,3 +88,30 @@ def test_rss_and_the_budget() -> None:
     assert body["batch_buffer_resident_bytes"] is None  # not measured: null, not 0
     unknown = EngineMemory(None, None, 0, 0, None, 1, 0, GIB, None, None)
     assert unknown.budget_bytes is None
+
+
+def test_freed_heap_pages_go_back_to_the_kernel() -> None:
+    # What the engine's RSS kept (issue 11): blocks freed inside malloc's heap stay
+    # resident. 64 MiB in 64 KiB blocks (below glibc's mmap threshold: from the heap),
+    # written, then freed below a block still held, so free() itself cannot trim them.
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    block = 64 * 1024
+    blocks = [libc.malloc(block) for _ in range(1024)]
+    pin = libc.malloc(block)
+    for address in blocks:
+        ctypes.memset(address, 1, block)
+    for address in blocks:
+        libc.free(address)
+    before = process_rss_bytes()
+    trimmed = release_free_heap()
+    after = process_rss_bytes()
+    libc.free(pin)
+    if not trimmed:
+        pytest.skip("no malloc_trim in this libc")
+    assert before is not None and after is not None
+    assert before - after >= 48 * MIB, (before, after)
