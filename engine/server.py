@@ -80,10 +80,16 @@ async def _errors_and_auth(request: web.Request,
     if origin is not None and request.method == "OPTIONS" \
             and "Access-Control-Request-Method" in request.headers:
         return cors.preflight(origin)  # browsers send no API key on a preflight
-    response = await _answer(request, handler, engine)
-    if origin is not None and not response.prepared:
-        response.headers.update(cors.headers(origin))
-    return response
+    return await _answer(request, handler, engine)
+
+
+async def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response as its headers go out, streamed ones too (an SSE response is
+    prepared inside its handler, before the middleware sees it again). A foreign origin
+    never gets here: the middleware refused it."""
+    origin = request.headers.get("Origin")
+    if origin is not None and request.app[CORS].allows(origin):
+        response.headers.update(request.app[CORS].headers(origin))
 
 
 async def _answer(request: web.Request,
@@ -132,6 +138,7 @@ def build_engine_app(engine: EngineState, *, load_at_start: bool = True,
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors_and_auth])
     app[ENGINE] = engine
     app[CORS] = cors or CorsPolicy()
+    app.on_response_prepare.append(_cors_headers)
     app.cleanup_ctx.append(_lifecycle(load_at_start))
     add_routes(app)
     add_policy_routes(app)

@@ -31,6 +31,15 @@ def test_a_loopback_page_gets_preflight_and_cors_headers(engine: RunningServer,
                               "messages": [{"role": "user", "content": "hi"}]}, timeout=60)
     assert answer.status_code == 200
     assert answer.headers["access-control-allow-origin"] == origin
+    # a stream's headers go out inside its handler: they carry it too
+    with httpx.stream("POST", f"{engine.url}/api/v1/chat/completions",
+                      headers={"Origin": origin},
+                      json={"model": MODEL, "max_tokens": 2, "stream": True,
+                            "messages": [{"role": "user", "content": "hi"}]},
+                      timeout=60) as streamed:
+        assert streamed.status_code == 200
+        assert streamed.headers["access-control-allow-origin"] == origin
+        assert any(line.startswith("data: ") for line in streamed.iter_lines())
 
 
 @pytest.mark.parametrize("method", ["OPTIONS", "GET", "POST"])
