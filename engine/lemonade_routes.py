@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,7 +38,8 @@ from inferos.engine.model_slot import LoadedState, QueueFull
 from inferos.engine.placement import place
 from inferos.engine.policy_routes import policy_stats
 from inferos.engine.runtime_stats import memory_report
-from inferos.engine.token_logprobs import LogprobTrail, chat_logprobs, completion_logprobs
+from inferos.engine.system_info import system_info as system_info_body
+from inferos.engine.token_logprobs import LogprobTrail, RequestLogprobs
 from inferos.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -128,25 +128,6 @@ async def _generate(request: web.Request,
         return await _respond(request, engine, state, prompt_ids, generation)
 
 
-class _Logprobs:
-    """A request's logprobs in its API's shape, piece by piece as its text goes out."""
-
-    def __init__(self, state: LoadedState, generation: GenerationRequest) -> None:
-        self.trail = LogprobTrail() if generation.sampling.logprobs is not None else None
-        self._names = state.model.tokenizer
-        self._chat = generation.is_chat
-
-    def take(self, text_offset: int, *, none_if_empty: bool = False) -> dict[str, Any] | None:
-        if self.trail is None:
-            return None
-        items = self.trail.take()
-        if none_if_empty and not items:
-            return None
-        if self._chat:
-            return chat_logprobs(self._names, items)
-        return completion_logprobs(self._names, items, text_offset)
-
-
 def _echoed(state: LoadedState, generation: GenerationRequest, prompt_ids: list[int]) -> str:
     """The prompt's text, for a completion that asks for ``echo``."""
     if not generation.echo:
@@ -162,7 +143,8 @@ async def _respond(request: web.Request, engine: EngineState, state: LoadedState
     engine.stats.started()
     started = time.perf_counter()
     response: web.StreamResponse
-    logprobs = _Logprobs(state, generation)
+    logprobs = RequestLogprobs(state.model.tokenizer, chat=generation.is_chat,
+                               wanted=generation.sampling.logprobs is not None)
     echo = _echoed(state, generation, prompt_ids)
     try:
         if generation.stream:
@@ -209,7 +191,7 @@ async def _collect(engine: EngineState, state: LoadedState, prompt_ids: list[int
 
 async def _stream(request: web.Request, engine: EngineState, state: LoadedState,
                   prompt_ids: list[int], generation: GenerationRequest,
-                  shape: ResponseShape, logprobs: _Logprobs, echo: str = ""
+                  shape: ResponseShape, logprobs: RequestLogprobs, echo: str = ""
                   ) -> tuple[web.StreamResponse, Outcome | None]:
     """Streams the generation as SSE; returns the response and the generation's outcome,
     None when it failed in-band."""
@@ -382,72 +364,7 @@ def _scheduler_stats(engine: EngineState) -> dict[str, Any] | None:
 
 
 async def system_info(request: web.Request) -> web.Response:
-    import psutil
-
-    providers = ort.get_available_providers()
-    cpu_name = platform.processor() or platform.machine()
-    # Lemonade's device keys: current (amd_gpu, nvidia_gpu lists, amd_npu) and older
-    # (amd_igpu, amd_dgpu, npu). This engine detects no GPU or NPU itself: each is
-    # reported as not available, with the execution provider it would need.
-    absent = {"available": False, "reason": "not used by this engine on this machine"}
-    return web.json_response({
-        "OS Version": platform.platform(),
-        "Processor": cpu_name,
-        "Physical Memory": f"{psutil.virtual_memory().total / 2**30:.1f} GB",
-        "Python": platform.python_version(),
-        "Python Packages": _python_packages(),
-        "onnxruntime": ort.__version__,
-        "execution_providers": providers,
-        "model_storage": _model_storage(),
-        "devices": {
-            "cpu": {"name": cpu_name, "cores": psutil.cpu_count(logical=False),
-                    "threads": psutil.cpu_count(logical=True), "available": True,
-                    "family": platform.machine()},
-            "amd_gpu": [], "nvidia_gpu": [],
-            "amd_npu": dict(absent),
-            "amd_igpu": {**absent, "available": "DmlExecutionProvider" in providers},
-            "amd_dgpu": {**absent, "available": "DmlExecutionProvider" in providers},
-            "nvidia_dgpu": {**absent, "available": "CUDAExecutionProvider" in providers},
-            "npu": dict(absent),
-        },
-        "recipes": {RECIPE: {"default_backend": "cpu", "backends": {"cpu": {
-            "devices": ["cpu"], "state": "installed", "message": "", "action": "",
-            "available": True, "version": ort.__version__}}}},
-    })
-
-
-def _python_packages() -> list[str]:
-    """What the engine runs on, as Lemonade's Python server listed it ("name==version")."""
-    import importlib.metadata
-
-    found = []
-    for name in ("inferos", "onnxruntime", "numpy", "tokenizers", "jinja2", "aiohttp",
-                 "onnxruntime-genai"):
-        try:
-            found.append(f"{name}=={importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-def _model_storage() -> dict[str, Any]:
-    """The models cache's drive, in bytes (Lemonade's ``model_storage``); null figures
-    where the drive cannot be read."""
-    import shutil
-
-    from inferos.engine.prepare import models_dir
-
-    path = models_dir()
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent  # not created yet: the drive it will be on
-    try:
-        usage = shutil.disk_usage(probe)
-    except OSError:
-        return {"path": str(path), "used_bytes": None, "total_bytes": None,
-                "free_bytes": None}
-    return {"path": str(path), "used_bytes": usage.used, "total_bytes": usage.total,
-            "free_bytes": usage.free}
+    return web.json_response(system_info_body())
 
 
 async def live(request: web.Request) -> web.Response:

@@ -89,7 +89,9 @@ def chat_logprobs(names: TokenNames, items: list[tuple[int, TokenLogprob]]
 def completion_logprobs(names: TokenNames, items: list[tuple[int, TokenLogprob]],
                         text_offset: int) -> dict[str, Any]:
     """``choices[].logprobs`` of (legacy) completions: parallel lists; ``text_offset`` is
-    where each token's text starts in the choice's text (``text_offset`` for the first)."""
+    where each token's text starts in the choice's text (``text_offset`` for the first),
+    counted in the tokens' shown text: a character split over tokens counts once per
+    U+FFFD piece, so offsets after one are approximate."""
     tokens, values, tops, offsets = [], [], [], []
     at = text_offset
     for token, lp in items:
@@ -106,3 +108,25 @@ def completion_logprobs(names: TokenNames, items: list[tuple[int, TokenLogprob]]
         at += len(entry["token"])
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
             "text_offset": offsets}
+
+
+class RequestLogprobs:
+    """One request's logprobs in its API's shape, piece by piece as its text goes out;
+    ``trail`` is None when the request asked for none (``take`` then gives None)."""
+
+    def __init__(self, names: TokenNames, *, chat: bool, wanted: bool) -> None:
+        self.trail = LogprobTrail() if wanted else None
+        self._names = names
+        self._chat = chat
+
+    def take(self, text_offset: int, *, none_if_empty: bool = False) -> dict[str, Any] | None:
+        """What came since the last call; ``text_offset`` is where this piece's text starts
+        in the choice's text (completions' ``text_offset``)."""
+        if self.trail is None:
+            return None
+        items = self.trail.take()
+        if none_if_empty and not items:
+            return None
+        if self._chat:
+            return chat_logprobs(self._names, items)
+        return completion_logprobs(self._names, items, text_offset)
