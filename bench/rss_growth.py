@@ -81,9 +81,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.licence_prompts import LICENCES, TEXTS  # noqa: E402
+from bench.slope import least_squares_slope  # noqa: E402
 
 MIB = 2**20
-MODEL = Path.home() / ".cache/inferos/models/smollm2-135m-instruct-fp32"
+MODEL = "smollm2-135m-instruct"  # prepared (or found) in the models cache when not given
 VARIANTS = ("base", "untrimmed", "no_arena", "no_mem_pattern", "same_as_requested",
             "arena_max2", "mmap_threshold", "trim_mmap", "trim_thp_off")
 PR_SET_THP_DISABLE = 41  # prctl(2)
@@ -288,15 +289,8 @@ def _full(sample: dict[str, Any], warmup: int) -> bool:
 
 
 def _slope_per_100(points: list[tuple[int, int]]) -> float | None:
-    if len(points) < 3:
-        return None
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    var = sum((x - mx) ** 2 for x, _ in points)
-    if var == 0:
-        return None
-    return sum((x - mx) * (y - my) for x, y in points) / var * 100 / MIB
+    slope = least_squares_slope(points)
+    return None if slope is None else slope * 100 / MIB
 
 
 def summarize(samples: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
@@ -355,7 +349,9 @@ def report(summary: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=MODEL)
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a prepared model folder (default: SmolLM2 from the models "
+                             "cache, $INFEROS_MODELS_DIR, prepared if missing)")
     parser.add_argument("--variant", default="base", choices=(*VARIANTS, "all"))
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="with --variant all: which, comma-separated")
@@ -375,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
                              "on 500-token prompts, medians)")
     parser.add_argument("--speed-runs", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.model is None:
+        from inferos.engine.prepare import ensure_prepared
+
+        args.model = ensure_prepared(MODEL, progress=lambda message: None)
     if args.speed:
         print("summary: " + json.dumps(speed(args), sort_keys=True), flush=True)
         return 0

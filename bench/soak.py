@@ -54,6 +54,7 @@ if str(ROOT) not in sys.path:
 
 from bench.inferos_serve import MODEL, Serve, running_serve, set_policy  # noqa: E402
 from bench.licence_prompts import LICENCES, TEXTS  # noqa: E402
+from bench.slope import least_squares_slope  # noqa: E402
 from inferos.controller.setting_types import byte_size  # noqa: E402
 
 MIB = 2**20
@@ -230,16 +231,8 @@ async def _sampler(serve: Serve, client: httpx.AsyncClient, started: float, dead
 
 def _slope_mib_per_hour(points: list[tuple[float, int]]) -> float | None:
     """Least-squares slope of (seconds, bytes), in MiB per hour; None under 3 points."""
-    if len(points) < 3:
-        return None
-    n = len(points)
-    mean_t = sum(t for t, _ in points) / n
-    mean_b = sum(b for _, b in points) / n
-    var = sum((t - mean_t) ** 2 for t, _ in points)
-    if var == 0:
-        return None
-    cov = sum((t - mean_t) * (b - mean_b) for t, b in points)
-    return cov / var * 3600 / MIB
+    slope = least_squares_slope(points)
+    return None if slope is None else slope * 3600 / MIB
 
 
 def summarize(samples: list[Sample], outcomes: Outcomes, minutes: float) -> dict[str, Any]:
