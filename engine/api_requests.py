@@ -26,6 +26,7 @@ from aiohttp import web
 
 from inferos.engine.api_errors import ApiError, invalid_param, invalid_token_id
 from inferos.engine.sampling_defaults import DEFAULTS
+from inferos.engine.tool_calls import ToolChoice, parse_tools
 
 # OpenAI's documented range; llama.cpp accepts more but the SDKs validate to this.
 MAX_TEMPERATURE = 2.0
@@ -53,6 +54,9 @@ class Sampling:
     min_p: float = DEFAULTS.min_p
     logprobs: int | None = None
     cache_prompt: bool = True
+    # Set for an answer that is a JSON object (engine/tool_calls.py): the text it starts
+    # from; generation ends where the object closes.
+    json_start: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,12 @@ class GenerationRequest:
     messages: tuple[dict[str, Any], ...] = ()
     prompt: str | tuple[int, ...] | None = None
     echo: bool = False  # completions: the prompt's text comes back before the completion
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: ToolChoice = ToolChoice("none")
+
+    @property
+    def tool_choice_name(self) -> Any:
+        return self.tool_choice.as_openai
 
     @property
     def is_chat(self) -> bool:
@@ -279,9 +289,11 @@ def parse_chat(body: Any) -> GenerationRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid_param("messages", "'messages' must be a non-empty list")
+    tools, tool_choice = parse_tools(body)
     return GenerationRequest(model=model, stream=stream, include_usage=include_usage,
                              sampling=sampling,
-                             messages=tuple(_message(i, m) for i, m in enumerate(messages)))
+                             messages=tuple(_message(i, m) for i, m in enumerate(messages)),
+                             tools=tools, tool_choice=tool_choice)
 
 
 def parse_completion(body: Any) -> GenerationRequest:

@@ -35,11 +35,16 @@ class ResponseShape:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                 "system_fingerprint": None, "choices": choices}
 
-    def full(self, text: str, outcome: Outcome,
-             logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    def full(self, text: str | None, outcome: Outcome,
+             logprobs: dict[str, Any] | None = None,
+             tool_calls: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+        """``tool_calls``: the chat's parsed calls (``content`` is then None unless the
+        model wrote text before them)."""
         if self.chat:
-            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant",
-                                                              "content": text}}
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if tool_calls:
+                message["tool_calls"] = list(tool_calls)
+            choice: dict[str, Any] = {"index": 0, "message": message}
             obj = "chat.completion"
         else:
             choice = {"index": 0, "text": text}
@@ -67,6 +72,11 @@ class ResponseShape:
 
     def text_chunk(self, text: str, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
         return self._chunk({"content": text} if self.chat else text, None, logprobs)
+
+    def tool_calls_chunk(self, tool_calls: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+        """All of a chat's tool calls in one delta, each with its ``index``."""
+        return self._chunk({"tool_calls": [{"index": i, **call}
+                                           for i, call in enumerate(tool_calls)]}, None)
 
     def final_chunk(self, outcome: Outcome,
                     logprobs: dict[str, Any] | None = None) -> dict[str, Any]:

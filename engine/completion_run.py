@@ -25,6 +25,7 @@ from inferos.engine.runtime import SamplingParams
 from inferos.engine.sampling_defaults import DEFAULTS
 from inferos.engine.stop_sequences import StopMatcher
 from inferos.engine.token_logprobs import LogprobTrail
+from inferos.engine.tool_calls import JsonObjectEnd
 from inferos.errors import ModelError
 
 
@@ -101,6 +102,7 @@ async def run_completion(slot: ModelSlot, state: LoadedState, prompt_ids: list[i
     params = sampling_params(sampling, len(prompt_ids), state.ctx_size,
                              state.model.allow_evict)
     matcher = StopMatcher(sampling.stop)
+    json_end = None if sampling.json_start is None else JsonObjectEnd(sampling.json_start)
     started = time.perf_counter()
     first_at = last_at = started
     count = 0
@@ -122,9 +124,12 @@ async def run_completion(slot: ModelSlot, state: LoadedState, prompt_ids: list[i
                         and timed.event.finish_reason != "stop":
                     trail.add(timed.event.token_id, timed.event.logprob)
                 text = matcher.push(timed.event.text)
+                end = None if json_end is None else json_end.push(text)
+                if end is not None:
+                    text = text[:end]
                 if text:
                     yield text
-                if matcher.stopped:
+                if matcher.stopped or end is not None:
                     finish = "stop"
                     break
                 if timed.event.finish_reason is not None:
@@ -147,3 +152,19 @@ async def run_completion(slot: ModelSlot, state: LoadedState, prompt_ids: list[i
                         predicted_n=count, predicted_ms=(last_at - first_at) * 1000.0,
                         cache_n=cached, queue_ms=queued_s * 1000.0, draft_n=drafted,
                         draft_n_accepted=accepted))
+
+
+async def collect(slot: ModelSlot, state: LoadedState, prompt_ids: list[int],
+                  sampling: Sampling, trail: LogprobTrail | None = None) -> tuple[Outcome, str]:
+    """The whole generation at once: its outcome and its text (a non-streamed answer)."""
+    pieces: list[str] = []
+    outcome: Outcome | None = None
+    async with contextlib.aclosing(run_completion(slot, state, prompt_ids, sampling,
+                                                  trail)) as items:
+        async for item in items:
+            if isinstance(item, str):
+                pieces.append(item)
+            else:
+                outcome = item
+    assert outcome is not None
+    return outcome, "".join(pieces)

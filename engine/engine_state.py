@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -25,6 +26,8 @@ class EngineState:
     control_token: str | None = None  # required by /inferos/v1/policy when set
     base_url: str = ""  # set once the listener is bound; health reports it as backend_url
     stats: RequestStats = field(default_factory=RequestStats)
+    # Set by POST halt: the process that runs the server stops it (inferos engine).
+    halted: asyncio.Event = field(default_factory=asyncio.Event)
 
     def names_loaded(self, name: str) -> bool:
         """True when ``name`` (any spelling the catalog accepts) is the loaded model."""

@@ -87,8 +87,11 @@ class PastModel:
         for i in range(self.shape.n_layers):
             feed[f"past_key_values.{i}.key"] = np.ascontiguousarray(keys[i][None])
             feed[f"past_key_values.{i}.value"] = np.ascontiguousarray(values[i][None])
-        out = self.session.run(None, feed)
         n = self.shape.n_layers  # outputs: logits, every present key, every present value
+        # by name: graphs of layout 3 also output hidden_states (first, in the builder's order)
+        names = ["logits"] + [f"present.{i}.key" for i in range(n)] + \
+            [f"present.{i}.value" for i in range(n)]
+        out = self.session.run(names, feed)
         present_k = [a[0] for a in out[1:1 + n]]
         present_v = [a[0] for a in out[1 + n:1 + 2 * n]]
         return out[0][0], (present_k, present_v)

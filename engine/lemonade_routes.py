@@ -8,12 +8,11 @@ sequence (generations are serialized), validate everything before the response s
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import onnxruntime as ort
@@ -24,22 +23,26 @@ from inferos.engine.api_errors import ApiError, invalid_param, model_not_found
 from inferos.engine.api_requests import (
     GenerationRequest,
     json_body,
-    known_token_ids,
     parse_chat,
     parse_completion,
     parse_load,
 )
 from inferos.engine.api_responses import SSE_DONE, ResponseShape, sse
-from inferos.engine.completion_run import Outcome, run_completion, sampling_params
+from inferos.engine.completion_run import Outcome, collect, run_completion
+from inferos.engine.embeddings import embeddings, reranking
 from inferos.engine.engine_state import ENGINE, EngineState
+from inferos.engine.generation_admission import accounted, admitted, event_stream, tool_plan
 from inferos.engine.load_options import requested_options
 from inferos.engine.model_catalog import RECIPE
-from inferos.engine.model_slot import LoadedState, QueueFull
+from inferos.engine.model_management import delete, halt, log_level, pull
+from inferos.engine.model_slot import LoadedState
 from inferos.engine.placement import place
 from inferos.engine.policy_routes import policy_stats
+from inferos.engine.responses_api import responses
 from inferos.engine.runtime_stats import memory_report
 from inferos.engine.system_info import system_info as system_info_body
-from inferos.engine.token_logprobs import LogprobTrail, RequestLogprobs
+from inferos.engine.token_logprobs import RequestLogprobs
+from inferos.engine.tool_calls import ToolStream, parse_output
 from inferos.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -71,60 +74,11 @@ def _loaded_entry(engine: EngineState, state: LoadedState) -> dict[str, Any]:
     }
 
 
-async def _model_for(engine: EngineState, name: str | None) -> LoadedState:
-    """The loaded model a request means, loading it on demand. Caller holds the lock."""
-    state = engine.slot.state
-    if state is not None and (name is None or engine.names_loaded(name)):
-        return state
-    if name is None:
-        name = engine.default_model
-    entry = engine.catalog.find(name)
-    if entry is None or not entry.prepared:
-        raise model_not_found(name)
-    try:
-        state, _ = await engine.slot.load(entry.id, entry.source, engine.defaults)
-    except ModelError as exc:
-        raise ApiError(500, f"loading '{entry.id}' failed: {exc}", kind="server_error",
-                       code="load_failed") from exc
-    return state
-
-
-def _prompt_ids(state: LoadedState, request: GenerationRequest) -> list[int]:
-    model = state.model
-    if request.is_chat:
-        try:
-            text = model.chat_prompt([dict(m) for m in request.messages])
-        except Exception as exc:  # the template's own error (jinja2 raise_exception)
-            raise invalid_param("messages", f"the chat template refused the messages: {exc}") \
-                from exc
-        return model.encode(text)
-    if isinstance(request.prompt, tuple):
-        return known_token_ids(request.prompt, int(model.tokenizer.get_vocab_size()))
-    return model.encode(request.prompt or "")
-
-
 async def _generate(request: web.Request,
                     parse: Callable[[Any], GenerationRequest]) -> web.StreamResponse:
     engine = request.app[ENGINE]
     generation = parse(await json_body(request))
-    with contextlib.ExitStack() as admitted:
-        async with engine.slot.lock:
-            state = await _model_for(engine, generation.model)
-            prompt_ids = _prompt_ids(state, generation)
-            # 400 when the prompt does not fit (unless the live policy lets it evict to
-            # make room); the core checks again when it starts, under the policy then
-            sampling_params(generation.sampling, len(prompt_ids), state.ctx_size,
-                            state.model.allow_evict)
-            try:
-                # Admitted under the lock, so a load waits for this generation to end;
-                # generated without it, so generations run together.
-                admitted.enter_context(engine.slot.admit())
-            except QueueFull as exc:
-                engine.stats.rejected += 1
-                raise ApiError(503, f"The engine is busy: {exc}; retry in "
-                                    f"{exc.retry_after_s} s.", kind="server_error",
-                               code="queue_full",
-                               headers={"Retry-After": str(exc.retry_after_s)}) from exc
+    async with admitted(engine, generation) as (state, prompt_ids, generation):
         return await _respond(request, engine, state, prompt_ids, generation)
 
 
@@ -140,53 +94,27 @@ def _echoed(state: LoadedState, generation: GenerationRequest, prompt_ids: list[
 async def _respond(request: web.Request, engine: EngineState, state: LoadedState,
                    prompt_ids: list[int], generation: GenerationRequest) -> web.StreamResponse:
     shape = ResponseShape(chat=generation.is_chat, model=state.name)
-    engine.stats.started()
-    started = time.perf_counter()
-    response: web.StreamResponse
     logprobs = RequestLogprobs(state.model.tokenizer, chat=generation.is_chat,
                                wanted=generation.sampling.logprobs is not None)
     echo = _echoed(state, generation, prompt_ids)
-    try:
+
+    async def answer() -> tuple[web.StreamResponse, Outcome | None]:
         if generation.stream:
-            response, outcome = await _stream(request, engine, state, prompt_ids,
-                                              generation, shape, logprobs, echo)
-        else:
-            outcome, text = await _collect(engine, state, prompt_ids, generation,
-                                           logprobs.trail)
-            response = web.json_response(shape.full(echo + text, outcome,
-                                                    logprobs.take(len(echo))))
-    except (asyncio.CancelledError, ConnectionResetError):
-        engine.stats.cancelled += 1
-        log.info("%s cancelled: client went away", request.path)
-        raise
-    except Exception:
-        engine.stats.failed += 1
-        raise
-    if outcome is not None:
-        engine.stats.finished(outcome)
-        timings = outcome.timings
-        log.info("%s model=%s prompt_tokens=%d completion_tokens=%d finish=%s "
-                 "queue_ms=%.1f ttft_ms=%.1f total_ms=%.1f", request.path, state.name,
-                 outcome.prompt_tokens, outcome.completion_tokens, outcome.finish_reason,
-                 timings.queue_ms, timings.queue_ms + timings.prompt_ms,
-                 (time.perf_counter() - started) * 1000.0)
-    return response
+            return await _stream(request, engine, state, prompt_ids, generation, shape,
+                                 logprobs, echo)
+        outcome, text = await collect(engine.slot, state, prompt_ids, generation.sampling,
+                                      logprobs.trail)
+        plan = tool_plan(state, generation)
+        if plan.active:
+            parsed = parse_output((plan.prefix or "") + text, plan.tools)
+            if parsed.tool_calls:
+                outcome = replace(outcome, finish_reason="tool_calls")
+            return web.json_response(shape.full(parsed.content, outcome, logprobs.take(0),
+                                                parsed.tool_calls)), outcome
+        return web.json_response(shape.full(echo + text, outcome,
+                                            logprobs.take(len(echo)))), outcome
 
-
-async def _collect(engine: EngineState, state: LoadedState, prompt_ids: list[int],
-                   generation: GenerationRequest, trail: LogprobTrail | None = None
-                   ) -> tuple[Outcome, str]:
-    pieces: list[str] = []
-    outcome: Outcome | None = None
-    async with contextlib.aclosing(run_completion(engine.slot, state, prompt_ids,
-                                                  generation.sampling, trail)) as items:
-        async for item in items:
-            if isinstance(item, str):
-                pieces.append(item)
-            else:
-                outcome = item
-    assert outcome is not None
-    return outcome, "".join(pieces)
+    return await accounted(request, engine, state, answer)
 
 
 async def _stream(request: web.Request, engine: EngineState, state: LoadedState,
@@ -195,9 +123,7 @@ async def _stream(request: web.Request, engine: EngineState, state: LoadedState,
                   ) -> tuple[web.StreamResponse, Outcome | None]:
     """Streams the generation as SSE; returns the response and the generation's outcome,
     None when it failed in-band."""
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})
+    response = event_stream()
     await response.prepare(request)
     first = shape.first_chunk()
     if first is not None:
@@ -206,16 +132,27 @@ async def _stream(request: web.Request, engine: EngineState, state: LoadedState,
         await response.write(sse(shape.text_chunk(echo)))
     sent = len(echo)
     outcome: Outcome | None = None
+    plan = tool_plan(state, generation) if generation.is_chat else None
+    tools = ToolStream(plan.prefix) if plan is not None and plan.active else None
     try:
         async with contextlib.aclosing(run_completion(engine.slot, state, prompt_ids,
                                                       generation.sampling,
                                                       logprobs.trail)) as items:
             async for item in items:
                 if isinstance(item, str):
-                    await response.write(sse(shape.text_chunk(item, logprobs.take(sent))))
-                    sent += len(item)
+                    text = item if tools is None else tools.push(item)
+                    if text:
+                        await response.write(sse(shape.text_chunk(text, logprobs.take(sent))))
+                        sent += len(text)
                 else:
                     outcome = item
+        if tools is not None and plan is not None and outcome is not None:
+            parsed = tools.finish(plan.tools)
+            if parsed.content:
+                await response.write(sse(shape.text_chunk(parsed.content)))
+            if parsed.tool_calls:
+                await response.write(sse(shape.tool_calls_chunk(parsed.tool_calls)))
+                outcome = replace(outcome, finish_reason="tool_calls")
     except ApiError as exc:
         # After the 200 the error goes in-band, without [DONE], as Lemonade does.
         engine.stats.failed += 1
@@ -375,6 +312,13 @@ def _route_table() -> list[tuple[str, str, Callable[[web.Request], Any]]]:
     return [
         ("POST", "chat/completions", chat_completions),
         ("POST", "completions", completions),
+        ("POST", "responses", responses),
+        ("POST", "embeddings", embeddings),
+        ("POST", "reranking", reranking),
+        ("POST", "pull", pull),
+        ("POST", "delete", delete),
+        ("POST", "halt", halt),
+        ("POST", "log-level", log_level),
         ("GET", "models", models),
         ("GET", "models/{model_id:.+}", model_info),
         ("POST", "load", load),

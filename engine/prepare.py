@@ -51,7 +51,7 @@ PRECISIONS = ("fp32", "int8", "int4")
 DEFAULT_PRECISION = "fp32"
 MANIFEST = "manifest.json"
 # Bumped when what a prepared folder holds changes: an older folder is prepared again.
-LAYOUT = 2
+LAYOUT = 3  # 3: the graph also outputs hidden_states (embeddings)
 CHAT_TEMPLATE = "chat_template.jinja"
 Progress = Callable[[str], object]
 PREPARE_TOOLS = ("onnxruntime-genai", "onnxruntime", "transformers", "torch", "gguf",
@@ -216,7 +216,10 @@ def _gguf_to_transformers(gguf: Path, hf_dir: Path) -> None:
 def _build_onnx(hf_dir: Path, out_dir: Path, precision: str, cache: Path) -> None:
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir),
                "-o", str(out_dir), "-p", precision, "-e", "cpu", "-c", str(cache),
-               "--extra_options", "hf_token=false"]
+               # include_hidden_states: the final norm's output beside the logits, which
+               # POST embeddings pools (engine/embeddings.py); the logits are unchanged
+               # and it is computed anyway on the way to them.
+               "--extra_options", "hf_token=false", "include_hidden_states=true"]
     if precision == "int4":
         # accuracy_level 1 keeps activations in float: prefill and decode agree (the
         # default, 4, quantizes them per call). For int8 it leaves MLAS without a fast

@@ -143,7 +143,11 @@ class LoadedModel:
         self.ctx_size = min(options.ctx_size, self.max_context)
         layers = int(decoder["num_hidden_layers"])
         # logits are [batch, sequence, vocab]; the builder fixes vocab in the graph
-        self._logits_width = int(self.session.get_outputs()[0].shape[2])
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        self._logits_width = int(outputs["logits"].shape[2])
+        # The final norm's output, in graphs prepared with include_hidden_states (layout 3)
+        self.hidden_size: int | None = int(outputs["hidden_states"].shape[2]) \
+            if "hidden_states" in outputs else None
         self.kv_shape = KvShape(layers, int(decoder["num_key_value_heads"]),
                                 int(decoder["head_size"]), self.ctx_size)
         self._past = [(f"past_key_values.{i}.key", f"past_key_values.{i}.value")
@@ -233,6 +237,26 @@ class LoadedModel:
                              "rotary): eviction inside a context is not available")
         return once
 
+    def hidden_states(self, ids: list[int]) -> np.ndarray:
+        """The final norm's output [len(ids), hidden] for ``ids`` alone, from no past and
+        keeping no KV: what embeddings pool. onnxruntime runs only the nodes this output
+        needs (no LM head). Any thread: ``InferenceSession.run`` is thread-safe."""
+        if self.hidden_size is None:
+            raise ModelError("this model's graph has no hidden_states output (prepared "
+                             "before layout 3): run `inferos model prepare` again")
+        shape = self.kv_shape
+        feed: dict[str, np.ndarray] = {
+            "input_ids": np.asarray([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+        empty = np.zeros((1, shape.kv_heads, 0, shape.head_dim), dtype=np.float32)
+        for past_k, past_v in self._past:
+            feed[past_k] = feed[past_v] = empty
+        try:
+            (hidden,) = self.session.run(["hidden_states"], feed)
+        except Exception as exc:  # onnxruntime's errors have no common base class
+            raise ModelError(f"onnxruntime failed: {exc}") from exc
+        return np.asarray(hidden[0], dtype=np.float32)
+
     # -- text -------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
@@ -240,12 +264,17 @@ class LoadedModel:
     def decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=False))
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+    def chat_prompt(self, messages: list[dict[str, Any]],
+                    tools: list[dict[str, Any]] | None = None) -> str:
         if self.template is None:
             # No template shipped: the plain "role: content" layout llama.cpp falls back to.
             return "".join(f"{m.get('role')}: {m.get('content')}\n" for m in messages) + \
                 "assistant: "
-        return self.template.render(messages)
+        return self.template.render(messages, tools)
+
+    @property
+    def template_source(self) -> str | None:
+        return None if self.template is None else self.template.source
 
     # -- live policy ------------------------------------------------------------------
     def set_policy(self, policy: EnginePolicy) -> None:

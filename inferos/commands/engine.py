@@ -172,6 +172,7 @@ async def _engine(args: argparse.Namespace) -> int:
         loaded = f"{state.name} (context {state.ctx_size})" if state else "no model"
         print(f"inferos engine: Lemonade API on {server.url}/api/v1 with {loaded}",
               file=sys.stderr, flush=True)
+        tasks.start(_stop_on_halt(server.state.halted, stop), name="halt")
         if args.exit_with_parent is not None:
             tasks.start(_watch_parent(args.exit_with_parent, stop), name="watch-parent")
         try:
@@ -179,6 +180,12 @@ async def _engine(args: argparse.Namespace) -> int:
         finally:
             await tasks.stop()
     return 0
+
+
+async def _stop_on_halt(halted: asyncio.Event, stop: asyncio.Event) -> None:
+    """POST halt stops the process as SIGTERM does."""
+    await halted.wait()
+    stop.set()
 
 
 def _cmd_engine(args: argparse.Namespace) -> int:

@@ -26,14 +26,15 @@ def prepared_model() -> Path:
 
 
 @contextlib.contextmanager
-def engine_process(log_dir: Path, *args: str) -> Iterator[RunningServer]:
+def engine_process(log_dir: Path, *args: str,
+                   env: dict[str, str] | None = None) -> Iterator[RunningServer]:
     port = free_port()
     log_path = log_dir / f"engine_{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "inferos.cli", "engine", "--port", str(port),
              "--model", MODEL, "--threads", "1", *args],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(url + "/api/v1/live", process, log_path)
