@@ -34,7 +34,8 @@ def engine_process(log_dir: Path, *args: str,
         process = subprocess.Popen(
             [sys.executable, "-m", "inferos.cli", "engine", "--port", str(port),
              "--model", MODEL, "--threads", "1", *args],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+            stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(url + "/api/v1/live", process, log_path)
