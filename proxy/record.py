@@ -121,10 +121,14 @@ def _absorb(payload: Any, at: float | None, out: _Response) -> None:
         out.text_chars += chars
         if at is not None:
             out.token_times.append(at)
-    if isinstance(payload.get("usage"), dict):
-        out.usage = payload["usage"]
-    if isinstance(payload.get("timings"), dict):
-        out.timings = payload["timings"]
+    # A Responses stream carries them in its last event's response object
+    # (response.completed / response.incomplete); Ollama's "response" is a string.
+    nested = payload.get("response")
+    for source in (payload, nested if isinstance(nested, dict) else {}):
+        if isinstance(source.get("usage"), dict):
+            out.usage = source["usage"]
+        if isinstance(source.get("timings"), dict):
+            out.timings = source["timings"]
 
 
 def _parse_sse(obs: Observation) -> _Response:

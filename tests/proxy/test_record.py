@@ -44,6 +44,24 @@ def test_stream_with_usage_takes_counts_from_usage_and_times_from_chunks() -> No
     assert abs(record.tpot_s - 0.1) < 1e-9
 
 
+def test_responses_stream_counts_come_from_its_completed_response() -> None:
+    def event(kind: str, **fields: object) -> bytes:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n".encode()
+
+    chunks = [event("response.created", response={"status": "in_progress", "usage": None}),
+              event("response.output_text.delta", delta="Pa"),
+              event("response.output_text.delta", delta="ris"),
+              event("response.output_text.done", text="Paris"),
+              event("response.completed", response={
+                  "status": "completed", "usage": {"input_tokens": 9, "output_tokens": 2}})]
+    record = build_record(_obs({"model": "m", "stream": True, "input": "Capital?"}, chunks,
+                               route_path="/api/v1/responses"))
+    assert record.route == "responses"
+    assert (record.prompt_tokens, record.completion_tokens) == (9, 2)
+    assert record.prompt_source == record.completion_source == "usage"
+    assert abs(record.ttft_s - 0.6) < 1e-9  # the first delta, not response.created
+
+
 def test_llamacpp_timings_are_used_when_usage_is_absent() -> None:
     last = {"choices": [{"delta": {}, "finish_reason": "stop"}],
             "timings": {"prompt_n": 7, "predicted_n": 2}}
