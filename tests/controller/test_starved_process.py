@@ -70,8 +70,11 @@ def test_a_stopped_process_does_not_trip_a_hung_controller_does(child: Child) ->
     print(f"\nthree 500 ms stops: stall measured {after['stall_s'] - before['stall_s']:.3f} s,"
           f" excused {after['starved'] - before['starved']} stale heartbeat(s)")
     assert after["trips"] == 0, after["reason"]
-    # the stops were seen (as the data plane's stall) and excused, not missed
-    assert after["stall_s"] - before["stall_s"] >= 3 * 0.4
+    # the stops were seen (as the data plane's stall) and excused, not missed. Half the
+    # stopped time: the stall subtracts the process's own CPU time, which the catch-up
+    # after SIGCONT inflates on a busy machine (0.999 s measured under load, ~1.5 s quiet);
+    # a missed stop leaves it near 0.
+    assert after["stall_s"] - before["stall_s"] >= 3 * 0.5 / 2
 
     child.ask("hang")
     deadline = time.monotonic() + 5
