@@ -218,3 +218,24 @@ def test_bad_tools_are_400(engine: RunningServer) -> None:
         "model": MODEL, "messages": ASK, "tools": [WEATHER],
         "tool_choice": {"type": "function", "function": {"name": "unknown"}}})
     assert answer.status_code == 400 and answer.json()["error"]["param"] == "tool_choice"
+
+
+@pytest.mark.model
+def test_responses_function_call_output_continues_the_conversation(
+        engine: RunningServer) -> None:
+    client = _client(engine)
+    flat = {"type": "function", **WEATHER["function"]}  # type: ignore[dict-item]
+    first = client.responses.create(model=MODEL, input="What is the weather in Paris?",
+                                    tools=[flat], tool_choice="required",  # type: ignore
+                                    temperature=0, max_output_tokens=60)
+    call = next(item for item in first.output if item.type == "function_call")
+    follow = client.responses.create(
+        model=MODEL, tools=[flat], temperature=0, max_output_tokens=30,  # type: ignore
+        tool_choice="none",
+        input=[{"role": "user", "content": "What is the weather in Paris?"},
+               {"type": "function_call", "call_id": call.call_id,  # type: ignore[union-attr]
+                "name": call.name, "arguments": call.arguments},  # type: ignore[union-attr]
+               {"type": "function_call_output", "call_id": call.call_id,  # type: ignore
+                "output": "18 C and sunny"}])
+    assert [item.type for item in follow.output] == ["message"]
+    assert follow.output_text
