@@ -29,9 +29,16 @@ TOKEN = "dashboard-test-token"  # the admin token this stack runs with
 
 
 def _until(check: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout_s
     while True:
-        value = check()
+        try:
+            value = check()
+        except StaleElementReferenceException:
+            # The page redraws its charts on every update: an element found just before a
+            # redraw is gone when it is read. Not yet, rather than a failure.
+            value = None
         if value:
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
