@@ -74,10 +74,6 @@ class GenerationRequest:
     tool_choice: ToolChoice = ToolChoice("none")
 
     @property
-    def tool_choice_name(self) -> Any:
-        return self.tool_choice.as_openai
-
-    @property
     def is_chat(self) -> bool:
         return self.prompt is None
 

@@ -7,6 +7,7 @@ refuse a conversation (a role they do not know, a missing user turn).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,8 @@ class ChatTemplate:
     def __init__(self, source: str, bos_token: str = "", eos_token: str = "") -> None:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise
-        self.source = source
+        # Whether the template renders a request's tools (engine/tool_calls.py)
+        self.reads_tools = re.search(r"\btools\b", source) is not None
         self._template = env.from_string(source)
         self._bos = bos_token
         self._eos = eos_token

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 
@@ -48,16 +48,28 @@ async def model_for(engine: EngineState, name: str | None) -> LoadedState:
     return state
 
 
-def tool_plan(state: LoadedState, request: GenerationRequest) -> ToolPlan:
-    return plan_tools(request.tools, request.tool_choice, state.model.template_source)
+@dataclass(frozen=True)
+class Admission:
+    """A request let in: its model, its prompt's ids, the request as this model runs it (a
+    tool answer's JSON end in its sampling) and, for a chat, how its tools are handled."""
+
+    state: LoadedState
+    prompt_ids: list[int]
+    generation: GenerationRequest
+    tools: ToolPlan | None
+
+    @property
+    def active_tools(self) -> ToolPlan | None:
+        """The tool plan when the output is parsed for calls, else None."""
+        return self.tools if self.tools is not None and self.tools.active else None
 
 
-def prompt_ids(state: LoadedState, request: GenerationRequest) -> list[int]:
-    """The prompt's token ids: a chat rendered through the template (tools as
-    ``tool_plan`` says, and the text a forced tool call is primed with after it)."""
+def _prompt_ids(state: LoadedState, request: GenerationRequest,
+                plan: ToolPlan | None) -> list[int]:
+    """The prompt's token ids: a chat rendered through the template (tools as ``plan``
+    says, and the text a forced tool call is primed with after it)."""
     model = state.model
-    if request.is_chat:
-        plan = tool_plan(state, request)
+    if plan is not None:
         try:
             text = model.chat_prompt(plan.messages([dict(m) for m in request.messages]),
                                      plan.template_tools) + (plan.prefix or "")
@@ -72,14 +84,15 @@ def prompt_ids(state: LoadedState, request: GenerationRequest) -> list[int]:
 
 @contextlib.asynccontextmanager
 async def admitted(engine: EngineState, generation: GenerationRequest
-                   ) -> AsyncIterator[tuple[LoadedState, list[int], GenerationRequest]]:
-    """The loaded model, the prompt's ids and the request as this model runs it (a tool
-    answer's JSON end in its sampling), admitted until the block ends (its row or queue
-    place is given back then, whatever happened)."""
+                   ) -> AsyncIterator[Admission]:
+    """The request admitted until the block ends (its row or queue place is given back
+    then, whatever happened)."""
     with contextlib.ExitStack() as admission:
         async with engine.slot.lock:
             state = await model_for(engine, generation.model)
-            ids = prompt_ids(state, generation)
+            plan = plan_tools(generation.tools, generation.tool_choice,
+                              state.model.template_reads_tools) if generation.is_chat else None
+            ids = _prompt_ids(state, generation, plan)
             # 400 when the prompt does not fit (unless the live policy lets it evict to
             # make room); the core checks again when it starts, under the policy then
             sampling_params(generation.sampling, len(ids), state.ctx_size,
@@ -92,11 +105,10 @@ async def admitted(engine: EngineState, generation: GenerationRequest
                                     f"{exc.retry_after_s} s.", kind="server_error",
                                code="queue_full",
                                headers={"Retry-After": str(exc.retry_after_s)}) from exc
-        if generation.is_chat:
-            json_start = tool_plan(state, generation).json_start
-            generation = replace(generation,
-                                 sampling=replace(generation.sampling, json_start=json_start))
-        yield state, ids, generation
+        if plan is not None and plan.json_start is not None:
+            generation = replace(generation, sampling=replace(generation.sampling,
+                                                              json_start=plan.json_start))
+        yield Admission(state, ids, generation, plan)
 
 
 async def accounted(request: web.Request, engine: EngineState, state: LoadedState,

@@ -31,7 +31,7 @@ from inferos.engine.api_responses import SSE_DONE, ResponseShape, sse
 from inferos.engine.completion_run import Outcome, collect, run_completion
 from inferos.engine.embeddings import embeddings, reranking
 from inferos.engine.engine_state import ENGINE, EngineState
-from inferos.engine.generation_admission import accounted, admitted, event_stream, tool_plan
+from inferos.engine.generation_admission import Admission, accounted, admitted, event_stream
 from inferos.engine.load_options import requested_options
 from inferos.engine.model_catalog import RECIPE
 from inferos.engine.model_management import delete, halt, log_level, pull
@@ -42,7 +42,7 @@ from inferos.engine.responses_api import responses
 from inferos.engine.runtime_stats import memory_report
 from inferos.engine.system_info import system_info as system_info_body
 from inferos.engine.token_logprobs import RequestLogprobs
-from inferos.engine.tool_calls import ToolStream, parse_output
+from inferos.engine.tool_calls import ToolStream
 from inferos.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -77,52 +77,52 @@ def _loaded_entry(engine: EngineState, state: LoadedState) -> dict[str, Any]:
 async def _generate(request: web.Request,
                     parse: Callable[[Any], GenerationRequest]) -> web.StreamResponse:
     engine = request.app[ENGINE]
-    generation = parse(await json_body(request))
-    async with admitted(engine, generation) as (state, prompt_ids, generation):
-        return await _respond(request, engine, state, prompt_ids, generation)
+    async with admitted(engine, parse(await json_body(request))) as admission:
+        return await _respond(request, engine, admission)
 
 
-def _echoed(state: LoadedState, generation: GenerationRequest, prompt_ids: list[int]) -> str:
+def _echoed(admission: Admission) -> str:
     """The prompt's text, for a completion that asks for ``echo``."""
+    generation = admission.generation
     if not generation.echo:
         return ""
     if isinstance(generation.prompt, str):
         return generation.prompt
-    return state.model.decode(prompt_ids)
+    return admission.state.model.decode(admission.prompt_ids)
 
 
-async def _respond(request: web.Request, engine: EngineState, state: LoadedState,
-                   prompt_ids: list[int], generation: GenerationRequest) -> web.StreamResponse:
+async def _respond(request: web.Request, engine: EngineState,
+                   admission: Admission) -> web.StreamResponse:
+    state, generation = admission.state, admission.generation
     shape = ResponseShape(chat=generation.is_chat, model=state.name)
     logprobs = RequestLogprobs(state.model.tokenizer, chat=generation.is_chat,
                                wanted=generation.sampling.logprobs is not None)
-    echo = _echoed(state, generation, prompt_ids)
+    echo = _echoed(admission)
 
     async def answer() -> tuple[web.StreamResponse, Outcome | None]:
         if generation.stream:
-            return await _stream(request, engine, state, prompt_ids, generation, shape,
-                                 logprobs, echo)
-        outcome, text = await collect(engine.slot, state, prompt_ids, generation.sampling,
-                                      logprobs.trail)
-        plan = tool_plan(state, generation)
-        if plan.active:
-            parsed = parse_output((plan.prefix or "") + text, plan.tools)
-            if parsed.tool_calls:
-                outcome = replace(outcome, finish_reason="tool_calls")
-            return web.json_response(shape.full(parsed.content, outcome, logprobs.take(0),
-                                                parsed.tool_calls)), outcome
-        return web.json_response(shape.full(echo + text, outcome,
-                                            logprobs.take(len(echo)))), outcome
+            return await _stream(request, engine, admission, shape, logprobs, echo)
+        outcome, text = await collect(engine.slot, state, admission.prompt_ids,
+                                      generation.sampling, logprobs.trail)
+        tools = admission.active_tools
+        if tools is None:
+            return web.json_response(shape.full(echo + text, outcome,
+                                                logprobs.take(len(echo)))), outcome
+        parsed = tools.parse(text)
+        if parsed.tool_calls:
+            outcome = replace(outcome, finish_reason="tool_calls")
+        return web.json_response(shape.full(parsed.content, outcome, logprobs.take(0),
+                                            parsed.tool_calls)), outcome
 
     return await accounted(request, engine, state, answer)
 
 
-async def _stream(request: web.Request, engine: EngineState, state: LoadedState,
-                  prompt_ids: list[int], generation: GenerationRequest,
+async def _stream(request: web.Request, engine: EngineState, admission: Admission,
                   shape: ResponseShape, logprobs: RequestLogprobs, echo: str = ""
                   ) -> tuple[web.StreamResponse, Outcome | None]:
     """Streams the generation as SSE; returns the response and the generation's outcome,
     None when it failed in-band."""
+    generation = admission.generation
     response = event_stream()
     await response.prepare(request)
     first = shape.first_chunk()
@@ -132,10 +132,11 @@ async def _stream(request: web.Request, engine: EngineState, state: LoadedState,
         await response.write(sse(shape.text_chunk(echo)))
     sent = len(echo)
     outcome: Outcome | None = None
-    plan = tool_plan(state, generation) if generation.is_chat else None
-    tools = ToolStream(plan.prefix) if plan is not None and plan.active else None
+    plan = admission.active_tools
+    tools = None if plan is None else ToolStream(plan)
     try:
-        async with contextlib.aclosing(run_completion(engine.slot, state, prompt_ids,
+        async with contextlib.aclosing(run_completion(engine.slot, admission.state,
+                                                      admission.prompt_ids,
                                                       generation.sampling,
                                                       logprobs.trail)) as items:
             async for item in items:
@@ -146,13 +147,6 @@ async def _stream(request: web.Request, engine: EngineState, state: LoadedState,
                         sent += len(text)
                 else:
                     outcome = item
-        if tools is not None and plan is not None and outcome is not None:
-            parsed = tools.finish(plan.tools)
-            if parsed.content:
-                await response.write(sse(shape.text_chunk(parsed.content)))
-            if parsed.tool_calls:
-                await response.write(sse(shape.tool_calls_chunk(parsed.tool_calls)))
-                outcome = replace(outcome, finish_reason="tool_calls")
     except ApiError as exc:
         # After the 200 the error goes in-band, without [DONE], as Lemonade does.
         engine.stats.failed += 1
@@ -160,6 +154,13 @@ async def _stream(request: web.Request, engine: EngineState, state: LoadedState,
         await response.write_eof()
         return response, None
     assert outcome is not None
+    if tools is not None:
+        parsed = tools.finish()
+        if parsed.content:
+            await response.write(sse(shape.text_chunk(parsed.content)))
+        if parsed.tool_calls:
+            await response.write(sse(shape.tool_calls_chunk(parsed.tool_calls)))
+            outcome = replace(outcome, finish_reason="tool_calls")
     await response.write(sse(shape.final_chunk(outcome, logprobs.take(sent, none_if_empty=True))))
     if generation.include_usage:
         await response.write(sse(shape.usage_chunk(outcome)))

@@ -35,9 +35,8 @@ from inferos.engine.api_errors import ApiError, invalid_param
 from inferos.engine.api_requests import GenerationRequest, json_body, parse_chat
 from inferos.engine.completion_run import Outcome, collect, run_completion
 from inferos.engine.engine_state import ENGINE, EngineState
-from inferos.engine.generation_admission import accounted, admitted, event_stream, tool_plan
-from inferos.engine.model_slot import LoadedState
-from inferos.engine.tool_calls import ToolPlan, ToolStream, parse_output
+from inferos.engine.generation_admission import Admission, accounted, admitted, event_stream
+from inferos.engine.tool_calls import ToolStream
 
 # Fields that mean the same in a chat request and are passed to it as they are.
 _SAMPLING_FIELDS = ("model", "temperature", "top_p", "top_k", "min_p", "seed",
@@ -159,6 +158,7 @@ class ResponsesShape:
                  output: list[dict[str, Any]] | None = None,
                  error: dict[str, Any] | None = None) -> dict[str, Any]:
         sampling = self.request.generation.sampling
+        choice = self.request.generation.tool_choice
         if output is None:
             output = [] if text is None else [self.message_item("completed", text)]
         incomplete = None
@@ -169,11 +169,14 @@ class ResponsesShape:
             "status": status, "error": error, "incomplete_details": incomplete,
             "instructions": self.request.instructions,
             "max_output_tokens": self.request.max_output_tokens, "model": self.model,
-            "output": output, "parallel_tool_calls": True, "previous_response_id": None,
+            "output": output, "parallel_tool_calls": choice.parallel,
+            "previous_response_id": None,
             "reasoning": {"effort": None, "summary": None}, "store": False,
             "temperature": sampling.temperature, "top_p": sampling.top_p,
             "text": {"format": {"type": "text"}},
-            "tool_choice": self.request.generation.tool_choice_name,
+            # the Responses' flat form of a named function
+            "tool_choice": {"type": "function", "name": choice.name}
+            if choice.mode == "function" else choice.mode,
             "tools": [_response_tool(t) for t in self.request.generation.tools],
             "truncation": "disabled", "metadata": self.request.metadata,
             "usage": None if outcome is None else usage(outcome),
@@ -242,42 +245,42 @@ def _output(shape: ResponsesShape, text: str | None,
     return message + [function_call_item(call) for call in calls]
 
 
-def _parsed(plan: ToolPlan, text: str) -> tuple[str | None, tuple[dict[str, Any], ...]]:
-    if not plan.active:
+def _parsed(admission: Admission, text: str) -> tuple[str | None, tuple[dict[str, Any], ...]]:
+    tools = admission.active_tools
+    if tools is None:
         return text, ()
-    parsed = parse_output((plan.prefix or "") + text, plan.tools)
+    parsed = tools.parse(text)
     return parsed.content, parsed.tool_calls
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     wanted = parse_responses(await json_body(request))
-    async with admitted(engine, wanted.generation) as (state, prompt_ids, generation):
+    async with admitted(engine, wanted.generation) as admission:
+        state, generation = admission.state, admission.generation
         shape = ResponsesShape(wanted, state.name)
-        plan = tool_plan(state, generation)
 
         async def answer() -> tuple[web.StreamResponse, Outcome | None]:
             if generation.stream:
-                return await _stream(request, engine, state, prompt_ids, generation, shape,
-                                     plan)
-            outcome, text = await collect(engine.slot, state, prompt_ids, generation.sampling)
-            content, calls = _parsed(plan, text)
+                return await _stream(request, engine, admission, shape)
+            outcome, text = await collect(engine.slot, state, admission.prompt_ids,
+                                          generation.sampling)
+            content, calls = _parsed(admission, text)
             return web.json_response(shape.response(
                 "completed", outcome=outcome, output=_output(shape, content, calls))), outcome
 
         return await accounted(request, engine, state, answer)
 
 
-async def _stream(request: web.Request, engine: EngineState, state: LoadedState,
-                  prompt_ids: list[int], generation: GenerationRequest,
-                  shape: ResponsesShape, plan: ToolPlan
-                  ) -> tuple[web.StreamResponse, Outcome | None]:
+async def _stream(request: web.Request, engine: EngineState, admission: Admission,
+                  shape: ResponsesShape) -> tuple[web.StreamResponse, Outcome | None]:
     response = event_stream()
     await response.prepare(request)
     await response.write(shape.event("response.created", response=shape.response("in_progress")))
     await response.write(shape.event("response.in_progress",
                                      response=shape.response("in_progress")))
-    tools = ToolStream(plan.prefix) if plan.active else None
+    plan = admission.active_tools
+    tools = None if plan is None else ToolStream(plan)
     written: list[str] = []
     outcome: Outcome | None = None
 
@@ -295,8 +298,9 @@ async def _stream(request: web.Request, engine: EngineState, state: LoadedState,
 
     calls: tuple[dict[str, Any], ...] = ()
     try:
-        async with contextlib.aclosing(run_completion(engine.slot, state, prompt_ids,
-                                                      generation.sampling)) as items:
+        async with contextlib.aclosing(run_completion(
+                engine.slot, admission.state, admission.prompt_ids,
+                admission.generation.sampling)) as items:
             async for item in items:
                 if isinstance(item, str):
                     piece = item if tools is None else tools.push(item)
@@ -314,7 +318,7 @@ async def _stream(request: web.Request, engine: EngineState, state: LoadedState,
         return response, None
     assert outcome is not None
     if tools is not None:
-        parsed = tools.finish(plan.tools)
+        parsed = tools.finish()
         if parsed.content:
             await text(parsed.content)
         calls = parsed.tool_calls

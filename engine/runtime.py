@@ -273,8 +273,8 @@ class LoadedModel:
         return self.template.render(messages, tools)
 
     @property
-    def template_source(self) -> str | None:
-        return None if self.template is None else self.template.source
+    def template_reads_tools(self) -> bool:
+        return self.template is not None and self.template.reads_tools
 
     # -- live policy ------------------------------------------------------------------
     def set_policy(self, policy: EnginePolicy) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from inferos.engine.api_errors import invalid_param
@@ -46,10 +46,12 @@ _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL
 
 @dataclass(frozen=True)
 class ToolChoice:
-    """``mode``: auto | none | required | function (then ``name`` is the function)."""
+    """``mode``: auto | none | required | function (then ``name`` is the function);
+    ``parallel``: ``parallel_tool_calls`` (false: only the first call is kept)."""
 
     mode: str = "auto"
     name: str | None = None
+    parallel: bool = True
 
     @property
     def as_openai(self) -> Any:
@@ -101,11 +103,10 @@ def parse_tools(body: dict[str, Any]) -> tuple[tuple[dict[str, Any], ...], ToolC
                                            "{\"type\": \"function\", \"function\": {\"name\"}}")
     if parsed.mode in ("required", "function") and not raw:
         raise invalid_param("tool_choice", f"'tool_choice' {parsed.mode} needs 'tools'")
-    return tuple(raw), parsed
-
-
-def template_reads_tools(template_source: str | None) -> bool:
-    return template_source is not None and re.search(r"\btools\b", template_source) is not None
+    parallel = body.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        raise invalid_param("parallel_tool_calls", "'parallel_tool_calls' must be true or false")
+    return tuple(raw), replace(parsed, parallel=parallel)
 
 
 def _call_json(call: dict[str, Any]) -> dict[str, Any]:
@@ -177,20 +178,19 @@ def forced_prefix(tools: tuple[dict[str, Any], ...], choice: ToolChoice,
 
 @dataclass(frozen=True)
 class ToolPlan:
-    """How one chat request's tools go into its prompt and come out of its output."""
+    """How one chat request's tools go into its prompt and come out of its output;
+    ``native``: the model's template reads ``tools``; ``prefix``: the text the answer is
+    primed with (``forced_prefix``), None when nothing is forced. Made by ``plan_tools``."""
 
     tools: tuple[dict[str, Any], ...]
     choice: ToolChoice
     native: bool
+    prefix: str | None
 
     @property
     def active(self) -> bool:
         """Whether the output is parsed for tool calls."""
         return bool(self.tools) and self.choice.mode != "none"
-
-    @property
-    def prefix(self) -> str | None:
-        return forced_prefix(self.tools, self.choice, self.native) if self.active else None
 
     @property
     def json_start(self) -> str | None:
@@ -209,10 +209,20 @@ class ToolPlan:
     def template_tools(self) -> list[dict[str, Any]] | None:
         return list(self.tools) if self.native and self.active else None
 
+    def parse(self, generated: str) -> ParsedOutput:
+        """The calls in the generated text (after the prefix), or it as content; one call
+        at most unless ``parallel_tool_calls``."""
+        parsed = parse_output((self.prefix or "") + generated, self.tools)
+        if not self.choice.parallel and len(parsed.tool_calls) > 1:
+            return ParsedOutput(parsed.content, parsed.tool_calls[:1])
+        return parsed
+
 
 def plan_tools(tools: tuple[dict[str, Any], ...], choice: ToolChoice,
-               template_source: str | None) -> ToolPlan:
-    return ToolPlan(tools, choice, template_reads_tools(template_source))
+               native: bool) -> ToolPlan:
+    active = bool(tools) and choice.mode != "none"
+    return ToolPlan(tools, choice, native,
+                    forced_prefix(tools, choice, native) if active else None)
 
 
 class JsonObjectEnd:
@@ -323,11 +333,10 @@ class ToolStream:
     (or a ``<tool_call>``), and all of a primed answer, is held until the end and sent as
     tool calls or content then."""
 
-    def __init__(self, prefix: str | None) -> None:
-        self.prefix = prefix or ""
+    def __init__(self, plan: ToolPlan) -> None:
+        self.plan = plan
         self.held = ""
-        self.holding = prefix is not None
-        self.decided = prefix is not None
+        self.holding = self.decided = plan.prefix is not None
 
     def push(self, piece: str) -> str:
         if self.decided and not self.holding:
@@ -345,8 +354,8 @@ class ToolStream:
         out, self.held = self.held, ""
         return out
 
-    def finish(self, tools: tuple[dict[str, Any], ...]) -> ParsedOutput:
+    def finish(self) -> ParsedOutput:
         if not self.holding:
             held, self.held = self.held, ""
             return ParsedOutput(held or None, ())
-        return parse_output(self.prefix + self.held, tools)
+        return self.plan.parse(self.held)

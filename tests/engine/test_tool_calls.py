@@ -83,19 +83,33 @@ def test_json_object_end_counts_brackets_outside_strings() -> None:
 
 
 def test_tool_stream_streams_text_and_holds_json() -> None:
-    text = ToolStream(None)
+    auto = plan_tools((WEATHER,), ToolChoice("auto"), native=False)
+    text = ToolStream(auto)
     assert text.push(" ") == ""
     assert text.push("Hello") == " Hello"
     assert text.push(" there") == " there"
-    assert text.finish((WEATHER,)).tool_calls == ()
-    held = ToolStream(None)
+    assert text.finish().tool_calls == ()
+    held = ToolStream(auto)
     assert held.push('{"tool_call": {"name": "get_weather", ') == ""
     assert held.push('"arguments": {"city": "Rome"}}}') == ""
-    assert held.finish((WEATHER,)).tool_calls[0]["function"]["name"] == "get_weather"
-    primed = ToolStream(forced_prefix((WEATHER,), ToolChoice("required"), native=False))
+    assert held.finish().tool_calls[0]["function"]["name"] == "get_weather"
+    primed = ToolStream(plan_tools((WEATHER,), ToolChoice("required"), native=False))
+    assert primed.plan.prefix == forced_prefix((WEATHER,), ToolChoice("required"), native=False)
     assert primed.push('Rome"}}}') == ""
-    assert json.loads(primed.finish((WEATHER,)).tool_calls[0]["function"]["arguments"]) == \
+    assert json.loads(primed.finish().tool_calls[0]["function"]["arguments"]) == \
         {"city": "Rome"}
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call() -> None:
+    two = ('{"tool_calls": [{"name": "get_weather", "arguments": {"city": "A"}},'
+           '{"name": "get_weather", "arguments": {"city": "B"}}]}')
+    tools, choice = parse_tools({"tools": [WEATHER], "parallel_tool_calls": False})
+    assert not choice.parallel
+    (only,) = plan_tools(tools, choice, native=False).parse(two).tool_calls
+    assert json.loads(only["function"]["arguments"]) == {"city": "A"}
+    assert len(plan_tools(tools, ToolChoice("auto"), native=False).parse(two).tool_calls) == 2
+    with pytest.raises(ApiError):
+        parse_tools({"tools": [WEATHER], "parallel_tool_calls": "no"})
 
 
 def test_forced_prefix_primes_the_call_as_a_grammar_would() -> None:
@@ -130,11 +144,13 @@ def test_generic_messages_carry_tools_calls_and_results() -> None:
 def test_a_template_that_reads_tools_is_given_them() -> None:
     source = ("{% if tools %}TOOLS:{{ tools | map(attribute='function.name') | join(',') }}\n"
               "{% endif %}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}")
-    plan = plan_tools((WEATHER,), ToolChoice("auto"), source)
+    template = ChatTemplate(source)
+    plan = plan_tools((WEATHER,), ToolChoice("auto"), template.reads_tools)
     assert plan.native and plan.json_start is None and plan.prefix is None
-    rendered = ChatTemplate(source).render(plan.messages(list(ASK)), plan.template_tools)
+    rendered = template.render(plan.messages(list(ASK)), plan.template_tools)
     assert rendered.startswith("TOOLS:get_weather\n")
-    assert not plan_tools((WEATHER,), ToolChoice("auto"), "{{ messages }}").native
+    assert not plan_tools((WEATHER,), ToolChoice("auto"),
+                          ChatTemplate("{{ messages }}").reads_tools).native
 
 
 # -- the real model ----------------------------------------------------------------------
