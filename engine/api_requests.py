@@ -117,6 +117,35 @@ async def json_body(request: web.Request, *, optional: bool = False) -> Any:
 _SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]|\x00")
 
 
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The request's body, which must be a JSON object (400 otherwise)."""
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def request_model(body: dict[str, Any]) -> str | None:
+    """The ``model`` a request names, None for the loaded or default one."""
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise invalid_param("model", "'model' must be a string")
+    if model is not None and len(model) > MAX_MODEL_NAME:
+        raise invalid_param("model", f"'model' is longer than {MAX_MODEL_NAME} characters")
+    return model or None
+
+
+def required_model_name(body: dict[str, Any]) -> str:
+    """``model_name`` (or ``model``) of load, pull and delete: required."""
+    name = body.get("model_name", body.get("model"))
+    if not isinstance(name, str) or not name:
+        raise invalid_param("model_name", "'model_name' is required and must be a string")
+    if len(name) > MAX_MODEL_NAME:
+        raise invalid_param("model_name",
+                            f"'model_name' is longer than {MAX_MODEL_NAME} characters")
+    return name
+
+
 def _is_text(value: str) -> bool:
     try:
         value.encode("utf-8")
@@ -242,11 +271,7 @@ def _sampling(body: dict[str, Any], chat: bool) -> Sampling:
 def _common(body: Any, chat: bool) -> tuple[str | None, bool, bool, Sampling]:
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise invalid_param("model", "'model' must be a string")
-    if model is not None and len(model) > MAX_MODEL_NAME:
-        raise invalid_param("model", f"'model' is longer than {MAX_MODEL_NAME} characters")
+    model = request_model(body)
     n = body.get("n")
     if n is not None and n != 1:
         raise invalid_param("n", "only n=1 is supported")
@@ -255,7 +280,7 @@ def _common(body: Any, chat: bool) -> tuple[str | None, bool, bool, Sampling]:
     if options is not None and not isinstance(options, dict):
         raise invalid_param("stream_options", "'stream_options' must be an object")
     include_usage = stream and bool((options or {}).get("include_usage", False))
-    return model or None, stream, include_usage, _sampling(body, chat)
+    return model, stream, include_usage, _sampling(body, chat)
 
 
 def _message(index: int, message: Any) -> dict[str, Any]:
@@ -341,12 +366,7 @@ def parse_load(body: Any) -> LoadRequest:
     """``ctx_size`` -1 (Lemonade's "automatic") and 0 mean the server's default."""
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
-    name = body.get("model_name", body.get("model"))
-    if not isinstance(name, str) or not name:
-        raise invalid_param("model_name", "'model_name' is required and must be a string")
-    if len(name) > MAX_MODEL_NAME:
-        raise invalid_param("model_name",
-                            f"'model_name' is longer than {MAX_MODEL_NAME} characters")
+    name = required_model_name(body)
     ctx_size = body.get("ctx_size")
     if ctx_size is not None:
         if isinstance(ctx_size, bool) or not isinstance(ctx_size, int) or ctx_size < -1:

@@ -32,22 +32,14 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from inferos.engine.api_errors import ApiError, invalid_param
-from inferos.engine.api_requests import MAX_MODEL_NAME, json_body, known_token_ids
+from inferos.engine.api_errors import ApiError, invalid_param, model_not_found
+from inferos.engine.api_requests import json_object, known_token_ids, request_model
 from inferos.engine.engine_state import ENGINE
 from inferos.engine.generation_admission import model_for
 from inferos.engine.model_slot import LoadedState
 from inferos.errors import ModelError
 
 MAX_INPUTS = 2048  # OpenAI's bound on inputs per request
-
-
-def _model_name(body: dict[str, Any]) -> str | None:
-    model = body.get("model")
-    if model is not None and (not isinstance(model, str) or len(model) > MAX_MODEL_NAME):
-        raise invalid_param("model", f"'model' must be a string of at most {MAX_MODEL_NAME} "
-                                     "characters")
-    return model or None
 
 
 def _is_ids(value: Any) -> bool:
@@ -106,10 +98,8 @@ def _ids(state: LoadedState, item: str | list[int], index: int) -> list[int]:
 
 async def embeddings(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    body = await json_body(request)
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
-    name = _model_name(body)
+    body = await json_object(request)
+    name = request_model(body)
     items = _inputs(body)
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
@@ -143,10 +133,8 @@ async def embeddings(request: web.Request) -> web.Response:
 
 async def reranking(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    body = await json_body(request)
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
-    name = _model_name(body)
+    body = await json_object(request)
+    name = request_model(body)
     if not isinstance(body.get("query"), str):
         raise invalid_param("query", "'query' is required and must be a string")
     documents = body.get("documents")
@@ -155,8 +143,7 @@ async def reranking(request: web.Request) -> web.Response:
         raise invalid_param("documents", "'documents' must be a non-empty list of strings")
     model = name or (engine.slot.state.name if engine.slot.state else engine.default_model)
     if engine.catalog.find(model) is None:
-        raise ApiError(404, f"The model '{model}' does not exist.", code="model_not_found",
-                       param="model")
+        raise model_not_found(model)
     raise ApiError(501, f"'{model}' cannot rerank: it is a generative model without a "
                         "reranking (classification) head, and this engine serves no "
                         "reranker model. Use a reranker (Lemonade: a model labelled "
