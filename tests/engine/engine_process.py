@@ -56,6 +56,18 @@ def sse_events(lines: Iterator[str]) -> list[dict | str]:
     return events
 
 
+def named_sse_events(text: str) -> list[tuple[str, dict]]:
+    """``(event, JSON data)`` of each event of a stream whose events are named (the
+    Responses API's, pull's)."""
+    import json
+
+    events = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
 def kv_buffers_in_use(stats: dict) -> int:
     """KV buffers taken from the core's pool and not yet returned, as ``GET stats`` shows
     the core's own accounting."""

@@ -4,7 +4,6 @@ touch nothing else."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import httpx
 import pytest
 
 from tests.backends import RunningServer
-from tests.engine.engine_process import MODEL, engine_process
+from tests.engine.engine_process import MODEL, engine_process, named_sse_events
 
 pytestmark = pytest.mark.model
 
@@ -33,14 +32,6 @@ def own_engine(smollm2_folder: Path, tmp_path_factory: pytest.TempPathFactory
 def _post(server: RunningServer, path: str, body: dict[str, Any] | None = None,
           **kwargs: Any) -> httpx.Response:
     return httpx.post(f"{server.url}/api/v1/{path}", json=body or {}, timeout=600, **kwargs)
-
-
-def _sse(text: str) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for block in text.strip().split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines())
-        out.append((fields["event"], json.loads(fields["data"])))
-    return out
 
 
 def test_pull_refuses_what_it_cannot_prepare(own_engine: tuple[RunningServer, Path]) -> None:
@@ -61,7 +52,7 @@ def test_pull_of_a_prepared_model_completes_at_once(
     assert plain.json() == {"status": "success", "message": f"Installed model: {MODEL}"}
     streamed = _post(server, "pull", {"model_name": MODEL, "stream": True})
     assert streamed.headers["content-type"].startswith("text/event-stream")
-    events = _sse(streamed.text)
+    events = named_sse_events(streamed.text)
     assert events[-1] == ("complete", {"file_index": 3, "total_files": 3, "percent": 100})
     assert events[-2][0] == "progress" and events[-2][1]["percent"] == 100
 
@@ -73,7 +64,15 @@ def test_log_level(own_engine: tuple[RunningServer, Path]) -> None:
     assert "log level set to debug" in server.log()
     bad = _post(server, "log-level", {"level": "loud"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "level"
+    # The level is applied: at error, a generation's info line is not written; at info, it is
+    hi = {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}
+    assert _post(server, "log-level", {"level": "error"}).status_code == 200
+    before = server.log().count("completion_tokens=")
+    assert _post(server, "chat/completions", hi).status_code == 200
+    assert server.log().count("completion_tokens=") == before
     assert _post(server, "log-level", {"level": "info"}).status_code == 200
+    assert _post(server, "chat/completions", hi).status_code == 200
+    assert server.log().count("completion_tokens=") == before + 1
 
 
 def test_delete_then_pull_prepares_it_again_with_progress(
@@ -92,7 +91,7 @@ def test_delete_then_pull_prepares_it_again_with_progress(
     assert _post(server, "delete", {"model_name": MODEL}).status_code == 404
     # pull prepares it again (the real preparation, ~1 minute), step by step
     pulled = _post(server, "pull", {"model_name": MODEL, "stream": True})
-    events = _sse(pulled.text)
+    events = named_sse_events(pulled.text)
     steps = [data["file"] for kind, data in events if kind == "progress"]
     assert steps[0] == "GGUF -> transformers" and "transformers -> ONNX" in steps
     percents = [data["percent"] for kind, data in events if kind == "progress"]

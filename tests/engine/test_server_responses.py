@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
@@ -10,7 +9,7 @@ import openai
 import pytest
 
 from tests.backends import RunningServer
-from tests.engine.engine_process import MODEL
+from tests.engine.engine_process import MODEL, named_sse_events
 
 pytestmark = pytest.mark.model
 
@@ -19,14 +18,6 @@ QUESTION = "What is the capital of France?"
 
 def _client(engine: RunningServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=engine.url + "/api/v1", api_key="lemonade", max_retries=0)
-
-
-def _named_events(text: str) -> list[tuple[str, dict[str, Any]]]:
-    events = []
-    for block in text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        events.append((lines["event"], json.loads(lines["data"])))
-    return events
 
 
 def test_response_answers_as_the_chat_does(engine: RunningServer) -> None:
@@ -94,7 +85,7 @@ def test_capped_response_is_incomplete_streamed_and_not(engine: RunningServer) -
         "model": MODEL, "input": "Tell me a long story.", "temperature": 0,
         "max_output_tokens": 5, "stream": True})
     assert raw.headers["content-type"].startswith("text/event-stream")
-    events = _named_events(raw.text)
+    events = named_sse_events(raw.text)
     assert [e[1]["sequence_number"] for e in events] == list(range(len(events)))
     assert all(kind == data["type"] for kind, data in events)
     assert events[-1][0] == "response.incomplete"
