@@ -218,15 +218,8 @@ class LoadedModel:
         """The graph's rotary angle per position of each dimension pair, measured: the
         layer-0 keys of one token at positions 0, 1 and 2 differ by the rotation alone.
         The graph does not say its rotary base; this works for any of them."""
-        shape = self.kv_shape
-        feed: dict[str, np.ndarray] = {
-            "input_ids": np.full((1, 3), 1, dtype=np.int64),
-            "attention_mask": np.ones((1, 3), dtype=np.int64)}
-        empty = np.zeros((1, shape.kv_heads, 0, shape.head_dim), dtype=np.float32)
-        for past_k, past_v in self._past:
-            feed[past_k] = feed[past_v] = empty
         try:
-            (keys,) = self.session.run([self._present[0][0]], feed)
+            (keys,) = self.session.run([self._present[0][0]], self._cold_feed([1, 1, 1]))
         except Exception as exc:  # onnxruntime's errors have no common base class
             raise ModelError(f"onnxruntime failed: {exc}") from exc
         k = keys[0]  # [H, 3, D]
@@ -236,26 +229,6 @@ class LoadedModel:
             raise ModelError("this graph's keys are not rotated as Llama's are (half-split "
                              "rotary): eviction inside a context is not available")
         return once
-
-    def hidden_states(self, ids: list[int]) -> np.ndarray:
-        """The final norm's output [len(ids), hidden] for ``ids`` alone, from no past and
-        keeping no KV: what embeddings pool. onnxruntime runs only the nodes this output
-        needs (no LM head). Any thread: ``InferenceSession.run`` is thread-safe."""
-        if self.hidden_size is None:
-            raise ModelError("this model's graph has no hidden_states output (prepared "
-                             "before layout 3): run `inferos model prepare` again")
-        shape = self.kv_shape
-        feed: dict[str, np.ndarray] = {
-            "input_ids": np.asarray([ids], dtype=np.int64),
-            "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
-        empty = np.zeros((1, shape.kv_heads, 0, shape.head_dim), dtype=np.float32)
-        for past_k, past_v in self._past:
-            feed[past_k] = feed[past_v] = empty
-        try:
-            (hidden,) = self.session.run(["hidden_states"], feed)
-        except Exception as exc:  # onnxruntime's errors have no common base class
-            raise ModelError(f"onnxruntime failed: {exc}") from exc
-        return np.asarray(hidden[0], dtype=np.float32)
 
     # -- text -------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -315,6 +288,30 @@ class LoadedModel:
         return self.evictor is not None and self.policy.allow_evict
 
     # -- runs ---------------------------------------------------------------------------
+    def _cold_feed(self, ids: list[int]) -> dict[str, np.ndarray]:
+        """A plain (unbound) run's inputs for ``ids`` alone: one row, an empty past."""
+        shape = self.kv_shape
+        feed: dict[str, np.ndarray] = {
+            "input_ids": np.asarray([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+        empty = np.zeros((1, shape.kv_heads, 0, shape.head_dim), dtype=np.float32)
+        for past_k, past_v in self._past:
+            feed[past_k] = feed[past_v] = empty
+        return feed
+
+    def hidden_states(self, ids: list[int]) -> np.ndarray:
+        """The final norm's output [len(ids), hidden] for ``ids`` alone, from no past and
+        keeping no KV: what embeddings pool. onnxruntime runs only the nodes this output
+        needs (no LM head). Any thread: ``InferenceSession.run`` is thread-safe."""
+        if self.hidden_size is None:
+            raise ModelError("this model's graph has no hidden_states output (prepared "
+                             "before layout 3): run `inferos model prepare` again")
+        try:
+            (hidden,) = self.session.run(["hidden_states"], self._cold_feed(ids))
+        except Exception as exc:  # onnxruntime's errors have no common base class
+            raise ModelError(f"onnxruntime failed: {exc}") from exc
+        return np.asarray(hidden[0], dtype=np.float32)
+
     def run_row(self, buffer: KvBuffer, ids: list[int], past_len: int, *,
                 all_logits: bool = False) -> np.ndarray:
         """Runs ``ids`` on top of ``past_len`` cached tokens of one row, alone; the last
