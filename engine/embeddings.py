@@ -12,9 +12,11 @@ output answers 400 ``model_cannot_embed``, saying how to prepare it again.
 Inputs are a string, a list of strings, a list of token ids or a list of such lists
 (OpenAI's four forms); ``encoding_format`` ``float`` (default) or ``base64`` (little-endian
 float32, as OpenAI's SDK decodes it); ``dimensions`` only as the model's own size. Each
-input must fit the loaded context (400 ``context_length_exceeded`` naming it). The runs
-hold the model slot's lock, so the model cannot be unloaded under them and a new
-generation is admitted between two inputs' runs, not during one.
+input must fit the loaded context (400 ``context_length_exceeded`` naming it). A request's
+runs hold the model slot's lock from its first input to its last, so the model cannot be
+unloaded or swapped under them (every vector of one answer comes from one model): the
+generations already admitted go on decoding beside them, a new one is admitted once the
+request is answered.
 
 Reranking needs a model trained to score a query against a document (llama.cpp's
 ``--reranking``, pooling ``rank``: a classification head). A chat model has none, and

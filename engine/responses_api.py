@@ -38,8 +38,8 @@ from inferos.engine.engine_state import ENGINE, EngineState
 from inferos.engine.generation_admission import Admission, accounted, admitted, event_stream
 from inferos.engine.tool_calls import ToolStream
 
-# Fields that mean the same in a chat request and are passed to it as they are.
-_SAMPLING_FIELDS = ("model", "temperature", "top_p", "top_k", "min_p", "seed",
+# Fields that mean the same in a chat request, passed to it as they are.
+_CHAT_FIELDS = ("model", "temperature", "top_p", "top_k", "min_p", "seed",
                     "repeat_penalty", "stop", "cache_prompt", "tools", "tool_choice",
                     "parallel_tool_calls")
 _TEXT_PARTS = ("input_text", "output_text", "text")
@@ -131,7 +131,7 @@ def parse_responses(body: Any) -> ResponsesRequest:
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise invalid_param("metadata", "'metadata' must be an object")
-    chat = {name: body[name] for name in _SAMPLING_FIELDS if name in body}
+    chat = {name: body[name] for name in _CHAT_FIELDS if name in body}
     if "tools" in chat:
         chat["tools"] = chat_tools(chat["tools"])
     chat.update(messages=messages, stream=body.get("stream", False), max_tokens=max_output)
@@ -154,13 +154,11 @@ class ResponsesShape:
     created_at: int = field(default_factory=lambda: int(time.time()))
     sequence: int = 0
 
-    def response(self, status: str, text: str | None = None, outcome: Outcome | None = None,
+    def response(self, status: str, outcome: Outcome | None = None,
                  output: list[dict[str, Any]] | None = None,
                  error: dict[str, Any] | None = None) -> dict[str, Any]:
         sampling = self.request.generation.sampling
         choice = self.request.generation.tool_choice
-        if output is None:
-            output = [] if text is None else [self.message_item("completed", text)]
         incomplete = None
         if outcome is not None and outcome.finish_reason == "length":
             status, incomplete = "incomplete", {"reason": "max_output_tokens"}
@@ -169,7 +167,7 @@ class ResponsesShape:
             "status": status, "error": error, "incomplete_details": incomplete,
             "instructions": self.request.instructions,
             "max_output_tokens": self.request.max_output_tokens, "model": self.model,
-            "output": output, "parallel_tool_calls": choice.parallel,
+            "output": output or [], "parallel_tool_calls": choice.parallel,
             "previous_response_id": None,
             "reasoning": {"effort": None, "summary": None}, "store": False,
             "temperature": sampling.temperature, "top_p": sampling.top_p,
