@@ -6,8 +6,9 @@
   to ONNX, then the KV calibration), or nothing when it is prepared already. Streamed, it
   sends Lemonade's ``event: progress`` lines, one per step (``file`` names the step,
   ``file_index``/``total_files`` count the steps, ``percent`` the steps done;
-  ``bytes_downloaded`` and ``bytes_total`` are 0, which is what is downloaded), then
-  ``event: complete`` or ``event: error``. A name the engine cannot prepare, or a request
+  ``bytes_downloaded`` and ``bytes_total`` are 0, which is what is downloaded; the last
+  one, at 100, names the last step run or "prepared already"), then ``event: complete``
+  or ``event: error``. A name the engine cannot prepare, or a request
   to register a new model (``checkpoint``/``recipe``), is a 404/400 that says pull is not
   available for it. A preparation goes on if its client leaves: its result is cached.
 - ``delete {"model_name"}``: unloads it when loaded, then removes its prepared folder
