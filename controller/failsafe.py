@@ -33,6 +33,10 @@ could not run is excused, from two measurements (``StalenessTracker`` turns them
   holds the GIL the most. Its wait and the stall measure the same starvation of the data
   plane, so the larger of the two counts, not their sum.
 
+- the **garbage collector's** time (``gc_clock.py``): a full collection stops every thread,
+  for 40-180 ms in a process with many live objects, and may run in the controller's thread
+  (which then "ran" without beating). The whole process paused: excused.
+
 Each is counted only for the part of its window after the heartbeat, and the excuse is
 capped at ``starved_limit_s``: past that a starved controller counts as hung, because what
 it left in force (a closed gate, a limit) would otherwise hold requests.
@@ -58,6 +62,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from inferos.controller.gc_clock import GcClock
 from inferos.proxy.data_plane import DataPlane
 
 log = logging.getLogger(__name__)
@@ -99,6 +104,7 @@ class WatchSample:
     stall_s: float                # the data plane's stall, cumulative
     controller: ThreadSchedule | None = None
     data_plane: ThreadSchedule | None = None
+    gc_s: float = 0.0             # the garbage collector's time, cumulative
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +119,7 @@ class Evidence:
     ran_s: float | None = None            # the controller's thread was on a CPU (diagnosis)
     plane_wait_s: float | None = None     # the data plane's thread (the GIL's usual holder)
                                           # was ready, not scheduled
+    gc_s: float = 0.0                     # the garbage collector paused the process
 
     @property
     def excused_s(self) -> float:
@@ -121,7 +128,9 @@ class Evidence:
         # max, since a thread on a run queue is not also stopped, and a stopped process
         # followed by a starved thread must excuse both. Where they overlap (everything
         # starved at once) the sum can only excuse more than the age, and the rule clips it.
-        return max(self.stall_s, self.plane_wait_s or 0.0) + (self.runqueue_wait_s or 0.0)
+        # A collection used the CPU, so no stall or run-queue wait counts it as well.
+        return max(self.stall_s, self.plane_wait_s or 0.0) + (self.runqueue_wait_s or 0.0) \
+            + self.gc_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +172,7 @@ class StalenessTracker:
         self._wait_s = 0.0
         self._ran_s = 0.0
         self._plane_wait_s = 0.0
+        self._gc_s = 0.0
 
     def observe(self, sample: WatchSample, heartbeat_at: float) -> Evidence:
         prev, self._prev = self._prev, sample
@@ -170,7 +180,7 @@ class StalenessTracker:
             self._since = sample.at
         if heartbeat_at != self._beat:  # a new beat: its evidence starts from nothing
             self._beat = heartbeat_at
-            self._stall_s = self._wait_s = self._ran_s = self._plane_wait_s = 0.0
+            self._stall_s = self._wait_s = self._ran_s = self._plane_wait_s = self._gc_s = 0.0
         # Age counts from the first sample at the latest: before it nothing was measured, so
         # nothing can be excused, and a starved start (the controller's first beat, then
         # the listeners binding on a loaded machine) read as a hang with no evidence.
@@ -183,6 +193,7 @@ class StalenessTracker:
                             plane_wait_s=None if plane is None else 0.0)
         span = max(0.0, min(age, sample.at - prev.at))
         self._stall_s += min(max(0.0, sample.stall_s - prev.stall_s), span)
+        self._gc_s += min(max(0.0, sample.gc_s - prev.gc_s), span)
         before = prev.controller
         waiting_now = False
         if now is not None and before is not None and now.tid == before.tid:
@@ -194,7 +205,7 @@ class StalenessTracker:
             self._plane_wait_s += min(max(0.0, plane.wait_s - prev.data_plane.wait_s), span)
         return Evidence(age, self._stall_s, None if now is None else self._wait_s, waiting_now,
                         None if now is None else self._ran_s,
-                        None if plane is None else self._plane_wait_s)
+                        None if plane is None else self._plane_wait_s, self._gc_s)
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -251,6 +262,7 @@ class FailSafe:
         self._probe: ThreadProbe | None = None
         self._plane_probe: ThreadProbe | None = None  # the watchdog's (data plane's) thread
         self._excused_beat: float | None = None
+        self._gc = GcClock()  # started and stopped by the watchdog (watch)
         self._on_event = on_event
         self.failovers = Counter("inferos_failovers", "Fail-safe trips to passthrough",
                                  ("reason",), registry=registry)
@@ -313,8 +325,8 @@ class FailSafe:
         if probe is not None:
             controller = probe.read(with_state=now - heartbeat_at > self.rule.stale_after_s)
         plane = self._plane_probe.read() if self._plane_probe is not None else None
-        evidence = self._tracker.observe(WatchSample(now, self.stall_s, controller, plane),
-                                         heartbeat_at)
+        evidence = self._tracker.observe(
+            WatchSample(now, self.stall_s, controller, plane, self._gc.total_s), heartbeat_at)
         self.last_evidence = evidence
         if self.rule.stale(evidence):
             excused_ms = min(evidence.excused_s, evidence.heartbeat_age_s) * 1000
@@ -331,9 +343,10 @@ class FailSafe:
             self.starved += 1
             self.starved_total.inc()
             log.info("fail-safe: heartbeat %.0f ms old, but the controller was starved "
-                     "(stall %.0f ms, run queue %s ms, data plane's run queue %s ms%s): "
-                     "not a hang",
+                     "(stall %.0f ms, garbage collection %.0f ms, run queue %s ms, data "
+                     "plane's run queue %s ms%s): not a hang",
                      evidence.heartbeat_age_s * 1000, evidence.stall_s * 1000,
+                     evidence.gc_s * 1000,
                      "?" if evidence.runqueue_wait_s is None
                      else f"{evidence.runqueue_wait_s * 1000:.0f}",
                      "?" if evidence.plane_wait_s is None
@@ -351,16 +364,20 @@ class FailSafe:
         stall: lateness of its own sleep that this process's CPU time does not explain."""
         period = self.settings.watch_period_s
         self._plane_probe = ThreadProbe.current()
-        while True:
-            slept_at, cpu_at = time.monotonic(), time.process_time()
-            await asyncio.sleep(period)
-            late = time.monotonic() - slept_at - period
-            self.stall_s += unexplained_lateness(late, time.process_time() - cpu_at)
-            try:
-                self.check()
-            except Exception:  # a broken watchdog must not leave the proxy unguarded
-                log.exception("fail-safe watchdog tick failed")
-                self.trip("fail-safe watchdog failed", "exception")
+        self._gc.start()
+        try:
+            while True:
+                slept_at, cpu_at = time.monotonic(), time.process_time()
+                await asyncio.sleep(period)
+                late = time.monotonic() - slept_at - period
+                self.stall_s += unexplained_lateness(late, time.process_time() - cpu_at)
+                try:
+                    self.check()
+                except Exception:  # a broken watchdog must not leave the proxy unguarded
+                    log.exception("fail-safe watchdog tick failed")
+                    self.trip("fail-safe watchdog failed", "exception")
+        finally:
+            self._gc.stop()
 
     def describe(self) -> dict[str, object]:
         """For ``/v1/health``: how the staleness rule sees the controller now."""
@@ -370,6 +387,7 @@ class FailSafe:
             "controller_thread_probed": self._probe is not None,
             "data_plane_thread_probed": self._plane_probe is not None,
             "stall_ms_total": round(self.stall_s * 1000, 1),
+            "gc_ms_total": round(self._gc.total_s * 1000, 1),
             "starved_not_hung": self.starved,
             "excused_ms": None if evidence is None
             else round(min(evidence.excused_s, evidence.heartbeat_age_s) * 1000, 1),

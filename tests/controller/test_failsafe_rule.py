@@ -359,3 +359,67 @@ def test_tracker_counts_the_data_planes_wait_after_the_beat() -> None:
     assert fresh.plane_wait_s == pytest.approx(0.005)  # a new beat starts from nothing
     unprobed = StalenessTracker().observe(WatchSample(0.0, 0.0), heartbeat_at=0.0)
     assert unprobed.plane_wait_s is None
+
+
+# -- the garbage collector (gc_clock.py) ---------------------------------------------------
+def test_a_garbage_collection_pause_is_excused_and_a_hang_after_it_is_not() -> None:
+    # "no heartbeat for 145 ms (its thread ran 145 ms)": a full collection in the
+    # controller's thread, as a CI run saw it; the thread ran, but inside the collector.
+    collected = Evidence(heartbeat_age_s=145 * MS, ran_s=145 * MS, gc_s=120 * MS)
+    assert not RULE.stale(collected) and RULE.excuses(collected)
+    assert RULE.stale(Evidence(heartbeat_age_s=145 * MS, ran_s=145 * MS))
+    assert RULE.stale(Evidence(heartbeat_age_s=300 * MS, ran_s=300 * MS, gc_s=120 * MS))
+    tracker = StalenessTracker()
+    tracker.observe(WatchSample(0.000, 0.0, gc_s=1.0), heartbeat_at=0.000)
+    # a 300 ms collection that ended before the beat excuses nothing of the hang after it
+    tracker.observe(WatchSample(0.310, 0.0, gc_s=1.300), heartbeat_at=0.305)
+    evidence = tracker.observe(WatchSample(0.400, 0.0, gc_s=1.300), heartbeat_at=0.305)
+    assert evidence.gc_s == pytest.approx(0.005) and RULE.stale(evidence)
+    # one that followed the beat is excused
+    tracker = StalenessTracker()
+    tracker.observe(WatchSample(0.010, 0.0, gc_s=1.0), heartbeat_at=0.010)
+    evidence = tracker.observe(WatchSample(0.150, 0.0, gc_s=1.130), heartbeat_at=0.010)
+    assert evidence.heartbeat_age_s == pytest.approx(0.140)
+    assert evidence.gc_s == pytest.approx(0.130) and not RULE.stale(evidence)
+
+
+def test_gc_clock_measures_real_collections_between_start_and_stop() -> None:
+    import gc
+
+    from inferos.controller.gc_clock import GcClock
+
+    clock = GcClock()
+    gc.collect()
+    assert clock.total_s == 0.0  # not started: nothing counted
+    clock.start()
+    clock.start()  # idempotent: one callback
+    assert gc.callbacks.count(clock._on_gc) == 1
+    junk = [[{"n": i}] for i in range(200_000)]  # many tracked objects: a slow collection
+    before = clock.total_s  # building it already triggered collections
+    started = time.perf_counter()
+    gc.collect()
+    took = time.perf_counter() - started
+    assert 0 < clock.total_s - before <= took
+    clock.stop()
+    counted = clock.total_s
+    gc.collect()
+    assert clock.total_s == counted and clock._on_gc not in gc.callbacks
+    del junk
+
+
+async def test_the_watchdog_counts_collections_while_it_runs_and_reports_them() -> None:
+    import asyncio
+    import gc
+
+    from inferos.tasks import TaskGroup
+
+    fs = _failsafe()
+    tasks = TaskGroup()
+    tasks.start(fs.watch(), name="watchdog")
+    await asyncio.sleep(0.05)
+    junk = [[{"n": i}] for i in range(100_000)]
+    gc.collect()
+    assert fs.describe()["gc_ms_total"] > 0  # type: ignore[operator]
+    await tasks.stop()
+    assert fs._gc._on_gc not in gc.callbacks  # removed with the watchdog
+    del junk
